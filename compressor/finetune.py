@@ -1,0 +1,112 @@
+"""Fine-tune a pretrained encoder into a task teacher: ``python -m compressor.finetune``.
+
+The output directory is a standard HF sequence-classification model (with ``id2label``) plus
+``dev_metrics.json``; that file is written last, so its presence means "finished" and a rerun returns the
+finished teacher instead of training again. An interrupted run resumes from its last Trainer checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                          TrainingArguments)
+from transformers.trainer_utils import get_last_checkpoint
+
+from compressor.config import ConfigError, FinetuneConfig, TaskConfig, resolve_model_path
+from compressor.data import DataError, load_task_data, task_spec, tokenize_task
+from compressor.io import read_json, write_json_atomic
+from compressor.metrics import trainer_metrics
+from compressor.tasks import GLUE_TASKS, Task
+
+log = logging.getLogger(__name__)
+METRICS_FILE = "dev_metrics.json"
+
+
+def label_maps(task: Task) -> dict:
+    """``from_pretrained`` kwargs that give a classifier the task's labels (regression: one output)."""
+    if task.is_regression:
+        return {"num_labels": 1, "problem_type": "regression"}
+    return {"num_labels": task.num_labels, "id2label": dict(enumerate(task.labels)),
+            "label2id": {name: i for i, name in enumerate(task.labels)}}
+
+
+def finetune_teacher(pretrained: str, task_cfg: TaskConfig, ft: FinetuneConfig, output_dir: str | Path,
+                     seed: int = 42, report_to: list[str] | None = None) -> tuple[str, dict[str, float]]:
+    """Fine-tune ``pretrained`` on the task; returns (output_dir, dev metrics). Reuses a finished run."""
+    output_dir = Path(output_dir)
+    if (output_dir / METRICS_FILE).is_file():
+        log.info("fine-tuned teacher already in %s", output_dir)
+        return str(output_dir), read_json(output_dir / METRICS_FILE)
+    pretrained = resolve_model_path(pretrained)
+    task = task_spec(task_cfg)
+    tokenizer = AutoTokenizer.from_pretrained(pretrained)
+    data = tokenize_task(load_task_data(task_cfg), tokenizer, ft.max_seq_length)
+    train = data["train"]
+    if ft.max_train_samples is not None and ft.max_train_samples < len(train):
+        train = train.shuffle(seed=seed).select(range(ft.max_train_samples))
+    model = AutoModelForSequenceClassification.from_pretrained(pretrained, **label_maps(task))
+
+    ckpt_dir = output_dir / "checkpoints"
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir), num_train_epochs=ft.epochs, max_steps=ft.max_steps,
+        learning_rate=ft.learning_rate, per_device_train_batch_size=ft.batch_size,
+        per_device_eval_batch_size=max(64, ft.batch_size), warmup_ratio=ft.warmup_ratio,
+        weight_decay=ft.weight_decay, lr_scheduler_type="linear", eval_strategy="no", save_strategy="steps",
+        save_steps=200, save_total_limit=1, logging_steps=50, logging_dir=str(output_dir / "logs"),
+        report_to=report_to if report_to is not None else ["tensorboard"], seed=seed,
+        fp16=torch.cuda.is_available(), dataloader_num_workers=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=data["validation"],
+                      processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
+                      compute_metrics=trainer_metrics(task))
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    trainer.train(resume_from_checkpoint=last)
+    metrics = {k.removeprefix("eval_"): float(v) for k, v in trainer.evaluate().items()
+               if k.removeprefix("eval_") in ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr")}
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(output_dir))
+        write_json_atomic(output_dir / METRICS_FILE, metrics)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return str(output_dir), metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m compressor.finetune", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="pretrained encoder: HF dir, hub id, or pkg:MODULE/PATH")
+    p.add_argument("--task", required=True, help=f"{', '.join(GLUE_TASKS)} or custom")
+    p.add_argument("--glue-dir", help="local GLUE folder (standard TSVs); omit to read the hub")
+    p.add_argument("--train-file")
+    p.add_argument("--validation-file")
+    p.add_argument("--text-columns", nargs="+")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--num-labels", type=int, help="custom data: classes (1 = regression)")
+    p.add_argument("--max-train-samples", type=int)
+    p.add_argument("--max-eval-samples", type=int)
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--seed", type=int, default=42)
+    defaults = FinetuneConfig()
+    for name in ("epochs", "max_steps", "learning_rate", "batch_size", "max_seq_length", "warmup_ratio", "weight_decay"):
+        p.add_argument("--" + name.replace("_", "-"), type=type(getattr(defaults, name)), default=getattr(defaults, name))
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    task_cfg = TaskConfig(name=a.task, glue_dir=a.glue_dir, train_file=a.train_file, validation_file=a.validation_file,
+                          text_columns=a.text_columns, label_column=a.label_column, num_labels=a.num_labels,
+                          max_train_samples=a.max_train_samples, max_eval_samples=a.max_eval_samples)
+    ft = FinetuneConfig(epochs=a.epochs, max_steps=a.max_steps, learning_rate=a.learning_rate, batch_size=a.batch_size,
+                        max_seq_length=a.max_seq_length, warmup_ratio=a.warmup_ratio, weight_decay=a.weight_decay)
+    try:
+        path, metrics = finetune_teacher(a.model, task_cfg, ft, a.output_dir, seed=a.seed)
+    except (ConfigError, DataError, OSError) as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(f"teacher: {path}  dev: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Recipes: parsing, overrides, and one-line errors before any work starts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compressor.config import ConfigError, load_recipe, parse_overrides
+
+CONFIGS = Path(__file__).resolve().parents[2] / "compressor" / "configs"
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def demo(tmp_path, glue_dir, corpus_file, minilm_dir) -> dict:
+    data = yaml.safe_load((CONFIGS / "demo.yaml").read_text())
+    data["task"]["glue_dir"] = str(glue_dir)
+    data["general"]["files"] = [str(corpus_file)]
+    return data
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+def test_shipped_recipes_parse(name, corpus_file):
+    recipe = load_recipe(CONFIGS / f"{name}.yaml", {"general.files": [str(corpus_file)], "task.glue_dir": None}
+                         if name != "demo" else {"general.files": [str(corpus_file)], "task.glue_dir": str(corpus_file.parents[1] / "glue")})
+    assert [s.name for s in recipe.stages] == ["gd", "ged", "tad", "tsd"]
+    assert [(s.teacher, s.data) for s in recipe.stages] == [
+        ("pretrained", "general"), ("finetuned", "general"), ("finetuned", "task"), ("finetuned", "task")]
+    assert {"soft", "hard"} <= set(recipe.stages[-1].losses)
+    assert not {"soft", "hard"} & set(recipe.stages[2].losses)
+    assert (recipe.student.num_hidden_layers, recipe.student.hidden_size, recipe.student.intermediate_size,
+            recipe.student.num_attention_heads) == (4, 312, 1200, 12)
+
+
+def test_demo_teacher_resolves_to_the_installed_minilm(tmp_path, demo, minilm_dir):
+    recipe = load_recipe(_write(tmp_path, demo))
+    assert Path(recipe.teacher.pretrained) == minilm_dir
+
+
+def test_overrides_reach_stages_by_name_and_parse_yaml_values(tmp_path, demo):
+    recipe = load_recipe(_write(tmp_path, demo), ["--stages.tsd.epochs", "3", "--stages.gd.learning_rate=1e-3",
+                                                 "--task.max_train_samples", "null", "--seed", "7"])
+    assert recipe.stage("tsd").epochs == 3.0
+    assert recipe.stage("gd").learning_rate == pytest.approx(1e-3)
+    assert recipe.task.max_train_samples is None
+    assert recipe.seed == 7
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["task"].update(nmae="x"), "unknown key 'task.nmae'"),
+    (lambda d: d["stages"][0].update(lr=1), "unknown key 'stages[0].lr'"),
+    (lambda d: d.update(extra=1), "unknown key 'extra'"),
+    (lambda d: d["task"].update(name="glue-sst3"), "unknown task 'glue-sst3'"),
+    (lambda d: d["task"].update(glue_dir="/nonexistent/glue"), "task.glue_dir /nonexistent/glue does not exist"),
+    (lambda d: d["general"].update(files=["/nonexistent.txt"]), "general corpus file /nonexistent.txt does not exist"),
+    (lambda d: d["teacher"].update(finetuned="/nonexistent/teacher"), "not a Hugging Face model directory"),
+    (lambda d: d["stages"][0].update(teacher="finetunned"), "teacher must be one of pretrained, finetuned"),
+    (lambda d: d["stages"][0].update(data="wiki"), "data must be one of general, task"),
+    (lambda d: d["stages"][0]["losses"].update(cosine=1.0), "unknown loss 'cosine'"),
+    (lambda d: d["stages"][0]["losses"].update(hard=1.0), "soft/hard-label losses need task data"),
+    (lambda d: d["stages"][0].update(max_steps=-1), "set max_steps"),
+    (lambda d: d["stages"][1].update(name="gd"), "appears twice"),
+    (lambda d: d["stages"][3].update(epochs="three"), "stages[3].epochs must be a number"),
+    (lambda d: d["student"].update(hidden_size=310), "must be divisible by num_attention_heads"),
+    (lambda d: d["student"].update(init="checkpoint"), "student.checkpoint is empty"),
+    (lambda d: d.update(stages=[]), "has no stages"),
+])
+def test_bad_recipes_fail_with_one_line(tmp_path, demo, mutate, message):
+    mutate(demo)
+    with pytest.raises(ConfigError) as err:
+        load_recipe(_write(tmp_path, demo))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_recipe_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe(bad)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stages.nope.epochs", "1"], "no stage named 'nope'"),
+    (["stages.tsd.epochs"], "overrides look like"),
+    (["--seed"], "needs a value"),
+])
+def test_bad_overrides(tmp_path, demo, args, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(_write(tmp_path, demo), args)
+
+
+def test_parse_overrides_types():
+    assert parse_overrides(["--a.b", "[x, y]", "--c=true", "--d", "0.5"]) == {"a.b": ["x", "y"], "c": True, "d": 0.5}
