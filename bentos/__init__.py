@@ -1,0 +1,1 @@
+"""BentoML serving for the compressed classifier: `bentoml serve bentos.service:TextClassifier`."""

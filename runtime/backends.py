@@ -1,0 +1,170 @@
+"""Inference back ends: already-tokenised int64 numpy inputs in, float32 logits out.
+
+Every back end reports what *really* runs (``providers``), not what was asked for: ONNX Runtime silently
+falls back to the CPU when a CUDA provider cannot start, so the session's own provider list is the truth.
+A back end this machine cannot run raises :class:`BackendUnavailable` with a one-line message naming the fix.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+GPU_EXTRA = "pip install 'ernie-tiny-compressor[gpu]' (onnxruntime-gpu, instead of onnxruntime) on a CUDA machine"
+TENSORRT_EXTRA = "pip install 'ernie-tiny-compressor[tensorrt]' on a machine with an NVIDIA GPU"
+
+
+class BackendUnavailable(RuntimeError):
+    """This machine cannot run the requested back end; the message says what to install or change."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+    device: str
+    providers: list[str]
+    input_names: list[str]
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+@dataclass
+class _Backend:
+    """A named callable: ``run`` receives only the inputs the graph declares, as int64."""
+
+    name: str
+    device: str
+    providers: list[str]
+    input_names: list[str]
+    run: Callable[[dict[str, np.ndarray]], np.ndarray] = field(repr=False)
+    precision: str = "fp32"
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        missing = [n for n in self.input_names if n not in inputs and n != "token_type_ids"]
+        if missing:
+            raise ValueError(f"{self.name} back end needs inputs {missing}: tokenise with the model's tokenizer")
+        feed = {n: _token_types(inputs) if n not in inputs else np.asarray(inputs[n], dtype=np.int64)
+                for n in self.input_names}
+        return np.asarray(self.run(feed), dtype=np.float32)
+
+
+def _token_types(inputs: dict[str, np.ndarray]) -> np.ndarray:
+    return np.zeros_like(np.asarray(inputs["input_ids"], dtype=np.int64))
+
+
+# --------------------------------------------------------------------------------------------- torch
+
+_TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def gpu_available() -> bool:
+    """True when torch sees a CUDA device (the GPU check that needs no GPU library to import)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def torch_backend(model_dir_or_model, device: str = "cpu", precision: str = "fp32") -> _Backend:
+    """A PyTorch ``AutoModelForSequenceClassification`` (a directory or an already-built model)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    if precision not in _TORCH_DTYPES:
+        raise ValueError(f"precision {precision!r} is not one of {sorted(_TORCH_DTYPES)}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendUnavailable("torch back end on cuda needs a CUDA GPU and a CUDA build of torch; use device='cpu'")
+    dtype = getattr(torch, _TORCH_DTYPES[precision])
+    if isinstance(model_dir_or_model, (str, Path)):
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir_or_model, dtype=dtype)
+    else:
+        model = model_dir_or_model.to(dtype)
+    model = model.to(device).eval()
+    accepted = inspect.signature(model.forward).parameters
+    names = [n for n in INPUT_NAMES if n in accepted]
+
+    @torch.inference_mode()
+    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+        tensors = {k: torch.from_numpy(v).to(device) for k, v in feed.items()}
+        return model(**tensors).logits.float().cpu().numpy()
+
+    return _Backend("torch", device, [f"torch:{torch.device(device).type}"], names, run, precision)
+
+
+# --------------------------------------------------------------------------------------- onnxruntime
+
+def _ort_providers(device: str, tensorrt_ep: bool, trt_cache_dir: str | Path | None) -> list:
+    if not device.startswith("cuda"):
+        return ["CPUExecutionProvider"]
+    cuda = ("CUDAExecutionProvider", {"device_id": int(device.partition(":")[2] or 0)})
+    if not tensorrt_ep:
+        return [cuda, "CPUExecutionProvider"]
+    trt_options = {"device_id": cuda[1]["device_id"], "trt_fp16_enable": True}
+    if trt_cache_dir is not None:
+        trt_options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(trt_cache_dir),
+                           trt_timing_cache_enable=True, trt_timing_cache_path=str(trt_cache_dir))
+    return [("TensorrtExecutionProvider", trt_options), cuda, "CPUExecutionProvider"]
+
+
+def onnxruntime_backend(onnx_path, device: str = "cpu", precision: str | None = None, *,
+                        tensorrt_ep: bool = False, trt_cache_dir: str | Path | None = None,
+                        intra_op_threads: int | None = None) -> _Backend:
+    """An ONNX Runtime session: CPUExecutionProvider on CPU, CUDA (optionally TensorRT EP first) on cuda.
+
+    Raises :class:`BackendUnavailable` when the requested GPU provider is not in this onnxruntime build or
+    the session did not really start it (ORT would otherwise run on the CPU without saying so).
+    """
+    import onnxruntime as ort
+
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run `python -m runtime.export MODEL_DIR --out DIR` first")
+    providers = _ort_providers(device, tensorrt_ep, trt_cache_dir)
+    wanted = [p[0] if isinstance(p, tuple) else p for p in providers]
+    available = set(ort.get_available_providers())
+    lacking = [p for p in wanted if p not in available]
+    if lacking:
+        fix = TENSORRT_EXTRA if "TensorrtExecutionProvider" in lacking else GPU_EXTRA
+        raise BackendUnavailable(f"onnxruntime here lacks {', '.join(lacking)}: {fix}")
+    options = ort.SessionOptions()
+    if intra_op_threads:
+        options.intra_op_num_threads = intra_op_threads
+    session = ort.InferenceSession(str(path), options, providers=providers)
+    actual = session.get_providers()
+    if wanted[0] not in actual:
+        raise BackendUnavailable(f"onnxruntime could not start {wanted[0]} (session runs on {actual}): "
+                                 "check the CUDA/cuDNN/TensorRT libraries match this onnxruntime-gpu build")
+    names = [i.name for i in session.get_inputs()]
+    output = session.get_outputs()[0].name
+
+    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+        return session.run([output], feed)[0]
+
+    return _Backend("onnxruntime", device, actual, names, run, precision or _onnx_precision(session))
+
+
+def _onnx_precision(session) -> str:
+    return "fp16" if "float16" in session.get_outputs()[0].type else "fp32"
+
+
+# ------------------------------------------------------------------------------------------ tensorrt
+
+def tensorrt_backend(engine_path, device: str = "cuda") -> _Backend:
+    """A serialised TensorRT engine (built by :mod:`runtime.tensorrt`); needs tensorrt and a CUDA GPU."""
+    from runtime.tensorrt import load_engine_runner
+
+    names, run = load_engine_runner(engine_path, device)
+    return _Backend("tensorrt", device, ["tensorrt"], names, run, "fp16")
+
+
+BACKENDS: dict[str, Callable[..., _Backend]] = {
+    "torch": torch_backend,
+    "onnxruntime": onnxruntime_backend,
+    "tensorrt": tensorrt_backend,
+}
+

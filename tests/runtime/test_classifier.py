@@ -1,0 +1,138 @@
+"""runtime.Classifier: labels/scores/truncation over torch and onnxruntime, and one-line errors."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from runtime import BackendUnavailable, Classifier, ModelDirError
+from runtime.export import parity_sentences
+
+TEXTS = ["a warm , funny and moving film", "the worst two hours i have spent in a cinema",
+         "it is neither good nor bad , just long"]
+
+
+def test_hf_dir_on_torch(tiny_bert_dir):
+    clf = Classifier.load(tiny_bert_dir, device="cpu")
+    assert clf.backend.name == "torch" and clf.backend.providers == ["torch:cpu"]
+    assert clf.labels == ["negative", "positive"] and not clf.is_regression and clf.max_length == 512
+    out = clf(TEXTS + ["word " * 600])
+    assert [set(o) for o in out] == [{"label", "score", "truncated"}] * 4
+    assert [o["truncated"] for o in out] == [False, False, False, True]
+    probs = np.exp(clf.logits(TEXTS))
+    probs /= probs.sum(1, keepdims=True)
+    assert [o["score"] for o in out[:3]] == pytest.approx(probs.max(1).tolist(), abs=1e-6)
+    assert [o["label"] for o in out[:3]] == [clf.labels[i] for i in probs.argmax(1)]
+    info = clf.info()
+    assert info["backend"] == "torch" and info["labels"] == clf.labels and len(info["model_hash"]) == 64
+
+
+def test_dynamic_padding_and_batching_do_not_change_logits(tiny_bert_dir):
+    texts = TEXTS * 3
+    one_batch = Classifier.load(tiny_bert_dir, device="cpu", batch_size=32).logits(texts)
+    small_batches = Classifier.load(tiny_bert_dir, device="cpu", batch_size=2).logits(texts)
+    np.testing.assert_allclose(small_batches, one_batch, atol=1e-5)
+
+
+def test_max_length_truncates(tiny_bert_dir):
+    clf = Classifier.load(tiny_bert_dir, device="cpu", max_length=9)  # TEXTS[0] is exactly 9 tokens
+    inputs, truncated = clf.encode(TEXTS)
+    assert inputs["input_ids"].shape[1] == 9 and truncated == [False, True, True]
+    with pytest.raises(ValueError, match="outside 1..512"):
+        Classifier.load(tiny_bert_dir, device="cpu", max_length=10_000)
+
+
+def test_pairs_and_bad_inputs(tiny_bert_dir):
+    clf = Classifier.load(tiny_bert_dir, device="cpu")
+    out = clf([("the cat sat", "a cat was sitting"), ("he left", "she stayed")])
+    assert len(out) == 2 and all(o["label"] in clf.labels for o in out)
+    inputs, _ = clf.encode([("the cat sat", "a cat was sitting")])
+    assert inputs["token_type_ids"].max() == 1
+    assert clf([]) == []
+    for bad in ("just a string", [1, 2], ["text", ("a", "b")]):
+        with pytest.raises(TypeError, match="texts must be"):
+            clf(bad)
+
+
+def test_regression_model(tmp_path, tiny_bert_dir):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig.from_pretrained(tiny_bert_dir)
+    config.num_labels, config.problem_type = 1, "regression"
+    BertForSequenceClassification(config).eval().save_pretrained(tmp_path)
+    shutil.copy(tiny_bert_dir / "tokenizer.json", tmp_path)
+    shutil.copy(tiny_bert_dir / "tokenizer_config.json", tmp_path)
+    clf = Classifier.load(tmp_path, device="cpu")
+    assert clf.is_regression and clf.labels == []
+    out = clf(TEXTS)
+    assert [set(o) for o in out] == [{"score", "truncated"}] * 3
+    assert [o["score"] for o in out] == pytest.approx(clf.logits(TEXTS)[:, 0].tolist(), abs=1e-6)
+
+
+def test_export_dir_auto_picks_onnxruntime(tiny_export, tiny_bert_dir):
+    clf = Classifier.load(tiny_export, device="cpu")
+    assert (clf.backend.name, clf.variant) == ("onnxruntime", "optimized")
+    assert clf.info()["providers"] == ["CPUExecutionProvider"]
+    torch_clf = Classifier.load(tiny_bert_dir, device="cpu")
+    assert clf.model_hash == torch_clf.model_hash
+    np.testing.assert_allclose(clf.logits(TEXTS), torch_clf.logits(TEXTS), atol=1e-5)
+    int8 = Classifier.load(tiny_export, backend="onnxruntime", variant="int8")
+    assert int8.variant == "int8" and int8.info()["variant"] == "int8"
+    np.testing.assert_allclose(int8.logits(TEXTS), torch_clf.logits(TEXTS), atol=0.05)
+
+
+def _one_line(err: Exception) -> str:
+    text = str(err)
+    assert "\n" not in text
+    return text
+
+
+def test_errors_name_the_fix(tmp_path, tiny_bert_dir, tiny_export, minilm_dir):
+    with pytest.raises(ModelDirError, match="is not a directory"):
+        Classifier.load(tmp_path / "missing")
+    with pytest.raises(ModelDirError, match="has no config.json"):
+        Classifier.load(tmp_path)
+    with pytest.raises(ModelDirError, match="has no id2label") as err:
+        Classifier.load(minilm_dir)  # a bare encoder: no classification head
+    assert "fine-tune" in _one_line(err.value)
+    no_tok = tmp_path / "no_tokenizer"
+    no_tok.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_bert_dir / name, no_tok)
+    with pytest.raises(ModelDirError, match="no tokenizer files") as err:
+        Classifier.load(no_tok)
+    assert "save_pretrained" in _one_line(err.value)
+    with pytest.raises(ModelDirError, match="runtime.export"):
+        Classifier.load(tiny_bert_dir, backend="onnxruntime")
+    with pytest.raises(ValueError, match="not one of auto"):
+        Classifier.load(tiny_bert_dir, backend="openvino")
+    with pytest.raises(ModelDirError, match="no tensorrt variant|--tensorrt"):
+        Classifier.load(tiny_export, backend="tensorrt", variant="tensorrt", device="cpu")
+
+
+def test_export_dir_on_cuda_without_gpu(tiny_export):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has onnxruntime-gpu")
+    with pytest.raises(BackendUnavailable) as err:
+        Classifier.load(tiny_export, backend="onnxruntime", device="cuda")
+    assert "onnxruntime-gpu" in _one_line(err.value)
+
+
+@pytest.mark.slow
+def test_real_minilm_same_labels_torch_and_onnxruntime(minilm_clf_dir, minilm_export, sst2_dev):
+    texts, _, gold = parity_sentences(sst2_dev, 96)
+    torch_out = Classifier.load(minilm_clf_dir, backend="torch", device="cpu")(texts)
+    for variant in ("fp32", "optimized"):
+        ort = Classifier.load(minilm_export, backend="onnxruntime", variant=variant, device="cpu")
+        assert ort.info()["providers"] == ["CPUExecutionProvider"]
+        ort_out = ort(texts)
+        assert [o["label"] for o in ort_out] == [o["label"] for o in torch_out]
+        assert [o["score"] for o in ort_out] == pytest.approx([o["score"] for o in torch_out], abs=1e-4)
+    accuracy = np.mean([o["label"] == ("positive" if g else "negative") for o, g in zip(torch_out, gold)])
+    assert accuracy > 0.6
+    assert json.loads((minilm_export / "config.json").read_text())["finetuning_task"] == "sst2"
+    assert Classifier.load(minilm_export).is_pair is False

@@ -1,0 +1,136 @@
+"""runtime.export: files, manifest, fused-node counts, parity, optimum compatibility, one-line CLI errors."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from runtime.backends import onnxruntime_backend
+from runtime.classifier import Classifier, sha256_file
+from runtime.export import ExportError, ExportOptions, check_parity, export, main, parity_sentences
+
+VARIANTS = {"fp32": "model.onnx", "optimized": "model_optimized.onnx", "fp16": "model_fp16.onnx",
+            "int8": "model_int8.onnx"}
+
+
+def _manifest(export_dir):
+    return json.loads((export_dir / "manifest.json").read_text())
+
+
+def test_tiny_export_files_and_manifest(tiny_export, tiny_bert_dir):
+    manifest = _manifest(tiny_export)
+    assert manifest["variants"] == VARIANTS
+    for name, entry in manifest["files"].items():
+        assert entry["sha256"] == sha256_file(tiny_export / name), name
+    assert manifest["source"]["sha256"] == sha256_file(tiny_bert_dir / "model.safetensors")
+    assert manifest["labels"] == ["negative", "positive"]
+    assert manifest["opset"] >= 14
+    assert {"torch", "transformers", "optimum", "onnx", "onnxruntime"} <= manifest["versions"].keys()
+    config = json.loads((tiny_export / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert (tiny_export / "tokenizer.json").is_file()
+    for variant in VARIANTS:
+        assert manifest["parity"][variant]["status"] == "passed", variant
+        assert manifest["parity"][variant]["n"] == 32
+    assert manifest["parity"]["fp32"]["max_abs_logit_diff"] < 1e-5
+    sizes = {v: manifest["files"][f]["size_mb"] for v, f in VARIANTS.items()}
+    assert sizes["int8"] < sizes["fp16"] < sizes["fp32"]
+
+
+def test_tiny_fused_node_counts(tiny_export):
+    fusion = _manifest(tiny_export)["fusion"]["optimized"]
+    counts = fusion["counts"]
+    assert fusion["attention_fused"] and counts["Attention"] == 2
+    assert counts["SkipLayerNormalization"] == 4 and counts["BiasGelu"] == 2
+
+
+def test_optimum_loads_export_dir_and_agrees(tiny_export):
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoTokenizer
+
+    texts = ["a warm and funny film", "two hours I will never get back , sadly"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_export)
+    classifier = Classifier.load(tiny_export, backend="onnxruntime", variant="fp32")
+    for variant, file_name in (("fp32", "model.onnx"), ("int8", "model_int8.onnx")):
+        ort_model = ORTModelForSequenceClassification.from_pretrained(tiny_export, file_name=file_name)
+        expected = ort_model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.numpy()
+        got = Classifier.load(tiny_export, backend="onnxruntime", variant=variant).logits(texts)
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert ort_model.config.id2label == {0: "negative", 1: "positive"}
+    np.testing.assert_allclose(classifier.logits(texts), ORTModelForSequenceClassification.from_pretrained(
+        tiny_export)(**tokenizer(texts, padding=True, return_tensors="pt")).logits.numpy(), atol=1e-6)
+
+
+def test_parity_failure_is_one_line():
+    result = {"n": 200, "max_abs_logit_diff": 0.8, "label_agreement": 0.9}
+    with pytest.raises(ExportError, match=r"int8 parity failed: label agreement 90.00% < 95.00%.*--int8-min-agreement"):
+        check_parity("int8", result, ExportOptions(), is_regression=False)
+    check_parity("int8", dict(result), ExportOptions(int8_min_agreement=0.85), is_regression=False)
+    with pytest.raises(ExportError, match="fp32 parity failed"):
+        check_parity("fp32", {"n": 5, "max_abs_logit_diff": 0.5}, ExportOptions(), is_regression=True)
+
+
+def test_parity_sentences_real_glue(glue_dir):
+    texts, source, gold = parity_sentences(glue_dir / "SST-2" / "dev.tsv", 50)
+    assert len(texts) == 50 and all(isinstance(t, str) and t for t in texts) and set(gold) == {0, 1}
+    pairs, _, gold = parity_sentences(glue_dir / "MRPC" / "dev.tsv", 10)
+    assert all(isinstance(p, tuple) and len(p) == 2 for p in pairs) and gold is not None
+    builtin, source, gold = parity_sentences(None, 1000)
+    assert len(builtin) >= 30 and gold is None and "built-in" in source
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["{missing}", "--out", "{out}"], "is not a directory"),
+    (["{minilm}", "--out", "{out}"], "has no id2label"),
+    (["{tiny}", "--out", "{out}", "--tensorrt"], "TensorRT needs an NVIDIA GPU|tensorrt is not installed"),
+    (["{tiny}", "--out", "{out}", "--int8-min-agreement", "1.5"], "between 0 and 1"),
+    (["{tiny}", "--out", "{out}", "--opset", "5"], r"ONNX export \(optimum\) failed: "),
+])
+def test_cli_errors_are_one_line(argv, message, tmp_path, capsys, minilm_dir, tiny_bert_dir):
+    paths = {"missing": tmp_path / "nope", "out": tmp_path / "out", "minilm": minilm_dir, "tiny": tiny_bert_dir}
+    assert main([a.format(**paths) for a in argv]) == 2
+    stderr = capsys.readouterr().err.strip()
+    err = stderr.splitlines()[-1]  # libraries may log warnings first; ours is the last line
+    assert err.startswith("error: ") and "Traceback" not in stderr
+    assert re.search(message, err), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_out_needs_overwrite(tiny_export, tiny_bert_dir, capsys):
+    before = sha256_file(tiny_export / "manifest.json")
+    assert main([str(tiny_bert_dir), "--out", str(tiny_export)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert sha256_file(tiny_export / "manifest.json") == before
+
+
+@pytest.mark.slow
+def test_real_minilm_export(minilm_export, minilm_clf_dir):
+    manifest = _manifest(minilm_export)
+    fusion = manifest["fusion"]["optimized"]
+    assert fusion["attention_fused"], fusion["notes"]
+    assert fusion["counts"]["Attention"] == 6
+    assert fusion["counts"]["SkipLayerNormalization"] == 12
+    assert fusion["counts"]["BiasGelu"] == 6
+    for variant in ("fp32", "optimized"):
+        parity = manifest["parity"][variant]
+        assert parity["n"] == 128 and parity["label_agreement"] == 1.0 and parity["max_abs_logit_diff"] < 1e-4
+    int8 = manifest["parity"]["int8"]
+    assert int8["status"] == "passed" and int8["label_agreement"] >= 0.9
+    assert manifest["parity"]["fp32"]["torch_accuracy"] > 0.6  # the fitted head is a real sentiment classifier
+    assert manifest["source"]["sha256"] == sha256_file(minilm_clf_dir / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_real_minilm_optimum_agrees(minilm_export, sst2_dev):
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoTokenizer
+
+    texts, _, _ = parity_sentences(sst2_dev, 16)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_export)
+    ort_model = ORTModelForSequenceClassification.from_pretrained(minilm_export, file_name="model_optimized.onnx")
+    expected = ort_model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.numpy()
+    np.testing.assert_allclose(Classifier.load(minilm_export).logits(texts), expected, atol=1e-5)
+    backend = onnxruntime_backend(minilm_export / "model.onnx")
+    assert backend.providers == ["CPUExecutionProvider"]

@@ -1,0 +1,164 @@
+"""The BentoML service over real HTTP: answers match runtime.Classifier, bad input is 4xx, batching happens."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from runtime import Classifier
+
+LONG_TEXT = " ".join(["a wonderfully long and winding review of a film"] * 80)  # ~800 tokens > 512
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tiny_dir) -> Classifier:
+    return Classifier.load(tiny_dir, backend="torch")
+
+
+def post(server, path: str, body) -> httpx.Response:
+    content = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return httpx.post(f"{server.url}{path}", content=content, headers={"Content-Type": "application/json"},
+                      timeout=60)
+
+
+def test_labels_and_truncation_match_classifier(tiny_server, tiny_classifier, sst2_sentences):
+    import bentoml
+
+    texts = sst2_sentences[:12] + [LONG_TEXT]
+    expected = tiny_classifier(texts)
+    assert len({e["label"] for e in expected}) == 2
+    with bentoml.SyncHTTPClient(tiny_server.url, timeout=60) as client:
+        answers = client.classify(texts=texts)
+    assert [a["label"] for a in answers] == [e["label"] for e in expected]
+    assert [a["score"] for a in answers] == pytest.approx([e["score"] for e in expected], abs=1e-4)
+    assert [a["truncated"] for a in answers] == [False] * 12 + [True]
+
+
+def test_pairs_match_classifier(tiny_server, tiny_classifier, sst2_sentences):
+    pairs = [[a, b] for a, b in zip(sst2_sentences[20:26], sst2_sentences[30:36])]
+    response = post(tiny_server, "/classify", {"pairs": pairs})
+    assert response.status_code == 200, response.text
+    expected = tiny_classifier([tuple(p) for p in pairs])
+    assert [a["label"] for a in response.json()] == [e["label"] for e in expected]
+    assert [a["score"] for a in response.json()] == pytest.approx([e["score"] for e in expected], abs=1e-4)
+
+
+BAD_BODIES = {
+    "malformed JSON": b'{"texts": ["unterminated',
+    "not an object": b'["a film"]',
+    "empty object": b"{}",
+    "empty list": b'{"texts": []}',
+    "empty string": b'{"texts": ["a film", ""]}',
+    "whitespace string": b'{"texts": ["   \\n"]}',
+    "number item": b'{"texts": ["a film", 3]}',
+    "null item": b'{"texts": [null]}',
+    "string instead of list": b'{"texts": "a film"}',
+    "pair of one": b'{"pairs": [["only one"]]}',
+    "pair of three": b'{"pairs": [["a", "b", "c"]]}',
+    "pair with a number": b'{"pairs": [["a", 1]]}',
+    "texts and pairs": b'{"texts": ["a"], "pairs": [["a", "b"]]}',
+    "unknown key": b'{"text": ["a film"]}',
+    "too many items": json.dumps({"texts": ["a film"] * 17}).encode(),
+    "not UTF-8": b'{"texts": ["\xff\xfe"]}',
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_BODIES))
+def test_bad_input_is_a_clear_4xx(tiny_server, name):
+    response = post(tiny_server, "/classify", BAD_BODIES[name])
+    assert 400 <= response.status_code < 500, (name, response.status_code, response.text)
+    assert response.json()["error"]
+
+
+@pytest.mark.parametrize("content_type", ["multipart/form-data", "application/x-www-form-urlencoded", "text/plain"])
+def test_unparsable_bodies_of_other_types_are_4xx(tiny_server, content_type):
+    response = httpx.post(f"{tiny_server.url}/classify", content=b"garbage=1&x", timeout=60,
+                          headers={"Content-Type": content_type})
+    assert 400 <= response.status_code < 500, response.text
+
+
+def test_batchable_endpoint_validates_too(tiny_server):
+    assert post(tiny_server, "/predict", {"items": ["fine", ""]}).status_code == 400
+    mixed = post(tiny_server, "/predict", {"items": ["a fine film", ["a film", "a movie"]]})
+    assert mixed.status_code == 200 and len(mixed.json()) == 2
+
+
+def test_model_info_says_what_runs(tiny_server, tiny_classifier):
+    info = post(tiny_server, "/model_info", {}).json()
+    assert info["labels"] == ["negative", "positive"]
+    assert info["backend"] == "torch" and info["providers"] == ["torch:cpu"]
+    assert info["model_hash"] == tiny_classifier.model_hash
+    assert info["max_length"] == tiny_classifier.max_length
+    assert info["batching"]["max_items_per_request"] == 16
+
+
+def test_health_metrics_and_openapi(tiny_server):
+    for path in ("/healthz", "/readyz", "/livez"):
+        assert httpx.get(f"{tiny_server.url}{path}", timeout=10).status_code == 200
+    metrics = httpx.get(f"{tiny_server.url}/metrics", timeout=10)
+    assert metrics.status_code == 200 and "bentoml_service_request_total" in metrics.text
+    openapi = httpx.get(f"{tiny_server.url}/docs.json", timeout=10).json()
+    assert {"/classify", "/predict", "/model_info"} <= set(openapi["paths"])
+
+
+def test_200_concurrent_requests_all_succeed_and_batch(tiny_server, tiny_classifier, sst2_sentences, serve_load):
+    payloads = [{"texts": [sst2_sentences[i], sst2_sentences[i + 200]]} for i in range(200)]
+    result = serve_load.run_load(tiny_server.url, payloads, concurrency=32, time_limit_s=120, mode="test")
+    assert result.errors == 0, result.statuses
+    expected = tiny_classifier([t for p in payloads for t in p["texts"]])
+    assert len({e["label"] for e in expected}) == 2, "labels must vary, or mixed-up answers would pass"
+    got = [a for answer in result.answers for a in answer]
+    assert [a["label"] for a in got] == [e["label"] for e in expected]
+    assert [a["score"] for a in got] == pytest.approx([e["score"] for e in expected], abs=1e-4)
+    assert result.mean_batch_size is not None and result.mean_batch_size > 1
+
+
+def test_load_refuses_non_loopback_addresses(serve_load):
+    with pytest.raises(serve_load.LoadError, match="loopback"):
+        serve_load.run_load("http://192.0.2.1:3000", [{"texts": ["a"]}], 1, 1)
+    assert serve_load.check_loopback("http://[::1]:3000/") == "http://[::1]:3000"
+
+
+@pytest.mark.slow
+def test_real_minilm_classifier_served(serve_load, server_env, minilm_dir, sst2_sentences, tmp_path):
+    """The real pretrained encoder (head seeded, untrained): served answers match the in-process Classifier,
+    and a single-sentence model refuses pairs with a 422 naming the fix."""
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification.from_pretrained(
+        minilm_dir, num_labels=2, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1},
+        finetuning_task="sst2")
+    model.save_pretrained(tmp_path / "model")
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(tmp_path / "model")
+    texts = sst2_sentences[100:132]
+    expected = Classifier.load(tmp_path / "model", backend="torch")(texts)
+    with serve_load.bento_server(tmp_path / "model", env=server_env, log_dir=tmp_path) as server:
+        answers = post(server, "/classify", {"texts": texts}).json()
+        refused = post(server, "/classify", {"pairs": [["a film", "a movie"]]})
+    assert [a["label"] for a in answers] == [e["label"] for e in expected]
+    assert [a["score"] for a in answers] == pytest.approx([e["score"] for e in expected], abs=1e-4)
+    assert refused.status_code == 422 and '"texts"' in refused.json()["error"]
+
+
+def test_server_on_a_bad_model_dir_fails_fast_with_the_fix(serve_load, server_env, tmp_path):
+    with pytest.raises(serve_load.LoadError, match="ModelDirError: .*has no config.json"):
+        with serve_load.bento_server(tmp_path, env=server_env, ready_timeout_s=90, log_dir=tmp_path):
+            pass
+
+
+def test_export_directory_served_on_onnxruntime(serve_load, server_env, tiny_dir, tiny_classifier,
+                                                 sst2_sentences, tmp_path):
+    """A `runtime.export` directory serves through ONNX Runtime, and /model_info says so."""
+    from runtime.export import ExportOptions, export
+
+    export(tiny_dir, tmp_path / "export", ExportOptions(optimize=None, parity_limit=16), log=lambda *a: None)
+    texts = sst2_sentences[40:56]
+    with serve_load.bento_server(tmp_path / "export", env=server_env, log_dir=tmp_path) as server:
+        answers = post(server, "/classify", {"texts": texts}).json()
+        info = post(server, "/model_info", {}).json()
+    assert info["backend"] == "onnxruntime" and "CPUExecutionProvider" in info["providers"]
+    assert info["model_hash"] == tiny_classifier.model_hash
+    assert [a["label"] for a in answers] == [e["label"] for e in tiny_classifier(texts)]
