@@ -113,11 +113,14 @@ def _ort_providers(device: str, tensorrt_ep: bool, trt_cache_dir: str | Path | N
 
 def onnxruntime_backend(onnx_path, device: str = "cpu", precision: str | None = None, *,
                         tensorrt_ep: bool = False, trt_cache_dir: str | Path | None = None,
-                        intra_op_threads: int | None = None) -> _Backend:
+                        intra_op_threads: int | None = None,
+                        session_config: dict[str, str] | None = None) -> _Backend:
     """An ONNX Runtime session: CPUExecutionProvider on CPU, CUDA (optionally TensorRT EP first) on cuda.
 
     Raises :class:`BackendUnavailable` when the requested GPU provider is not in this onnxruntime build or
     the session did not really start it (ORT would otherwise run on the CPU without saying so).
+    ``session_config`` entries go to ``SessionOptions.add_session_config_entry`` (e.g. the bench turns
+    ``session.intra_op.allow_spinning`` off so idle workers of one model do not slow the other).
     """
     import onnxruntime as ort
 
@@ -134,6 +137,8 @@ def onnxruntime_backend(onnx_path, device: str = "cpu", precision: str | None = 
     options = ort.SessionOptions()
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads
+    for key, value in (session_config or {}).items():
+        options.add_session_config_entry(key, value)
     session = ort.InferenceSession(str(path), options, providers=providers)
     actual = session.get_providers()
     if wanted[0] not in actual:

@@ -233,13 +233,11 @@ def fusion_report(counts: dict[str, int], num_layers: int) -> dict:
     return {"counts": counts, "layers": num_layers, "attention_fused": attention >= num_layers, "notes": notes}
 
 
-def optimize_graph(onnx_path: Path, config, level: str, fp16: bool, scratch: Path,
-                   _unused_qkv_width: int | None = None) -> Path:
+def optimize_graph(onnx_path: Path, config, level: str, fp16: bool, scratch: Path) -> Path:
     """Run optimum's ORTOptimizer at ``level`` (fp16=True: O4-style mixed precision for GPUs).
 
     ORT's fusion reads the head count and head size from the graph's Reshape nodes, so padded heads
-    (Q/K/V 384 wide on a 312-wide model) fuse with the model's own config. (The sixth argument of the
-    first version is accepted and ignored until runtime/bench_models.py stops passing it.)
+    (Q/K/V 384 wide on a 312-wide model) fuse with the model's own config.
     """
     from optimum.onnxruntime import AutoOptimizationConfig, ORTOptimizer
 

@@ -9,7 +9,7 @@ import pytest
 
 from runtime.backends import onnxruntime_backend
 from runtime.classifier import Classifier, sha256_file
-from runtime.export import ExportError, ExportOptions, check_parity, export, main, parity_sentences
+from runtime.export import ExportError, ExportOptions, check_parity, main, parity_sentences
 
 VARIANTS = {"fp32": "model.onnx", "optimized": "model_optimized.onnx", "fp16": "model_fp16.onnx",
             "int8": "model_int8.onnx"}

