@@ -199,8 +199,10 @@ def general_blocks(files: list[str], tokenizer, block_size: int, max_blocks: int
         flat = list(chain.from_iterable(batch["ids"]))
         chunks = [flat[i:i + body] for i in range(0, len(flat) - body + 1, body)]
         ids = [[cls_id, *c, sep_id] for c in chunks]
-        return {"input_ids": ids, "attention_mask": [[1] * block_size for _ in ids],
-                "token_type_ids": [[0] * block_size for _ in ids]}
+        out = {"input_ids": ids, "attention_mask": [[1] * block_size for _ in ids]}
+        if "token_type_ids" in tokenizer.model_input_names:  # BERT-style tokenizers only (not MPNet)
+            out["token_type_ids"] = [[0] * block_size for _ in ids]
+        return out
 
     stream = datasets.load_dataset("text", data_files=[str(f) for f in files], split="train", streaming=True)
     stream = stream.filter(lambda r: bool(r["text"].strip()))

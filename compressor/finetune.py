@@ -49,7 +49,9 @@ def finetune_teacher(pretrained: str, task_cfg: TaskConfig, ft: FinetuneConfig, 
     train = data["train"]
     if ft.max_train_samples is not None and ft.max_train_samples < len(train):
         train = train.shuffle(seed=seed).select(range(ft.max_train_samples))
-    model = AutoModelForSequenceClassification.from_pretrained(pretrained, **label_maps(task))
+    # a pretrained dir may already carry a head for other labels: it is replaced by the task's
+    model = AutoModelForSequenceClassification.from_pretrained(pretrained, ignore_mismatched_sizes=True,
+                                                               **label_maps(task))
 
     ckpt_dir = output_dir / "checkpoints"
     args = TrainingArguments(
@@ -59,7 +61,8 @@ def finetune_teacher(pretrained: str, task_cfg: TaskConfig, ft: FinetuneConfig, 
         weight_decay=ft.weight_decay, lr_scheduler_type="linear", eval_strategy="no", save_strategy="steps",
         save_steps=200, save_total_limit=1, logging_steps=50, logging_dir=str(output_dir / "logs"),
         report_to=report_to if report_to is not None else ["tensorboard"], seed=seed,
-        fp16=torch.cuda.is_available(), dataloader_num_workers=0,
+        fp16=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),  # CPU torchrun: a gloo group
+        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
     )
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=data["validation"],
                       processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),

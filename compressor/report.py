@@ -1,0 +1,91 @@
+"""The run's report: ``report.json`` (machine-readable), ``report.md`` (for people) and a PNG of the dev metric per stage.
+
+``report.json`` is an interface other tools read: ``task``, ``metric``, ``teacher`` {path, params, dev},
+``stages`` [{name, teacher, data, losses, dev, seconds, ...}], ``student`` {path, params, dev} and
+``retention`` (student's main dev metric / teacher's, a fraction).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from compressor.io import write_json_atomic, write_text_atomic
+
+PLOT_FILE = "dev_by_stage.png"
+
+
+def build_report(task: str, metric: str, teacher: dict[str, Any], stages: list[dict[str, Any]],
+                 student: dict[str, Any]) -> dict[str, Any]:
+    t, s = teacher["dev"].get(metric), student["dev"].get(metric)
+    retention = s / t if t not in (None, 0) and s is not None else None
+    return {"task": task, "metric": metric, "teacher": teacher, "stages": stages, "student": student,
+            "retention": retention, "compression": teacher["params"] / student["params"],
+            "total_seconds": round(sum(st.get("seconds", 0.0) for st in stages) + (teacher.get("finetune_seconds") or 0), 1)}
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    m = report["metric"]
+    t, s = report["teacher"], report["student"]
+    retention = report["retention"]
+    lines = [
+        f"# Distillation report: {report['task']}",
+        "",
+        f"Main dev metric: **{m}**. Final student keeps **{retention:.1%}** of the teacher's {m}"
+        if retention is not None else f"Main dev metric: **{m}**.",
+        "",
+        "| model | params | " + m + " | other dev metrics |",
+        "|---|---|---|---|",
+        f"| teacher ({t['path']}) | {t['params']:,} | {_fmt(t['dev'].get(m))} | "
+        + ", ".join(f"{k} {_fmt(v)}" for k, v in t["dev"].items() if k != m) + " |",
+        f"| student ({s['path']}) | {s['params']:,} | {_fmt(s['dev'].get(m))} | "
+        + ", ".join(f"{k} {_fmt(v)}" for k, v in s["dev"].items() if k != m) + " |",
+        "",
+        f"Compression: {report['compression']:.1f}x fewer parameters.",
+        "",
+        "| stage | teacher | data | losses (weight) | steps | " + m + " | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for st in report["stages"]:
+        losses = ", ".join(f"{k} {w:g}" for k, w in st["losses"].items() if w)
+        lines.append(f"| {st['name']} | {st['teacher']} | {st['data']} | {losses} | {st.get('steps', '-')} | "
+                     f"{_fmt(st['dev'].get(m))} | {st.get('seconds', '-')} |")
+    lines += ["", f"Dev {m} after each stage: {PLOT_FILE}. Total wall time: {report['total_seconds']} s.", ""]
+    return "\n".join(lines)
+
+
+def plot_stages(report: dict[str, Any], path: str | Path) -> Path:
+    """Line plot of the main dev metric after each stage, with the teacher's as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = report["metric"]
+    names = [st["name"] for st in report["stages"]]
+    values = [st["dev"].get(m) for st in report["stages"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(names, values, marker="o", label="student")
+    if report["teacher"]["dev"].get(m) is not None:
+        ax.axhline(report["teacher"]["dev"][m], linestyle="--", color="grey", label="teacher")
+    ax.set_xlabel("after stage")
+    ax.set_ylabel(f"dev {m}")
+    ax.set_title(f"{report['task']}: dev {m} by stage")
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_report(report: dict[str, Any], output_dir: str | Path) -> dict[str, Path]:
+    out = Path(output_dir)
+    return {"json": write_json_atomic(out / "report.json", report),
+            "md": write_text_atomic(out / "report.md", render_markdown(report)),
+            "plot": plot_stages(report, out / PLOT_FILE)}

@@ -1,0 +1,128 @@
+"""Knowledge distillation on ``transformers.Trainer``: a frozen teacher, a student, weighted named losses.
+
+The trainer knows nothing of stages: it gets a teacher, a :class:`DistillationModule` (student +
+projections + the loss weights) and a dataset. Student and projections are one ``nn.Module`` so the
+Trainer's optimiser, checkpoints, DDP wrapping and resume cover both, and the loss is computed inside
+that module's ``forward`` so DDP sees every parameter that takes part. The teacher stays outside DDP, in
+eval mode without gradients (half precision on CUDA), and returns only what the weighted losses need.
+"""
+from __future__ import annotations
+
+import inspect
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from accelerate import PartialState
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from compressor.config import Recipe, StageConfig
+from compressor.losses import LossContext, Outputs, needs, uses_teacher, weighted_losses
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class DistillationCallback(TrainerCallback):
+    """A ``TrainerCallback`` that also hears each distillation step: which teacher produced the targets,
+    the batch the student trained on, and the loss terms. For monitoring and provenance checks."""
+
+    def on_distill_step(self, args, state, control, *, teacher: nn.Module, inputs: dict[str, torch.Tensor],
+                        losses: dict[str, torch.Tensor]) -> None:
+        pass
+
+
+class DistillationModule(nn.Module):
+    """Student + projections + this stage's loss weights; ``forward`` returns the named loss terms and ``loss``."""
+
+    def __init__(self, student: nn.Module, projections: nn.ModuleDict, weights: dict[str, float],
+                 layer_map: list[int], temperature: float = 1.0):
+        super().__init__()
+        self.student = student
+        self.projections = projections
+        self.weights = {k: float(w) for k, w in weights.items() if w}
+        self.layer_map = layer_map
+        self.temperature = temperature
+        self.needs = needs(self.weights)
+        self.uses_teacher = uses_teacher(self.weights)
+        self.regression = student.config.num_labels == 1
+
+    def forward(self, teacher: Outputs, input_ids, attention_mask, token_type_ids=None, labels=None):
+        out = self.student(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                           output_hidden_states="hidden_states" in self.needs,
+                           output_attentions="attentions" in self.needs)
+        ctx = LossContext(self.layer_map, self.projections, attention_mask, labels, self.temperature, self.regression)
+        return weighted_losses(self.weights, Outputs.of(out), teacher, ctx)
+
+
+class DistillationTrainer(Trainer):
+    """``Trainer`` whose loss is the weighted distillation objective of a :class:`DistillationModule`."""
+
+    def __init__(self, *args, teacher: nn.Module, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False
+        self.teacher = teacher.eval().requires_grad_(False).to(self.args.device)
+        if self.args.device.type == "cuda":
+            self.teacher.to(torch.bfloat16 if self.args.bf16 else torch.float16)
+        # e.g. MPNet takes no token_type_ids
+        self._teacher_inputs = [k for k in MODEL_INPUTS if k in inspect.signature(self.teacher.forward).parameters]
+        self._sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.args.device))
+        self._counts: dict[str, int] = defaultdict(int)
+
+    @torch.no_grad()
+    def teacher_outputs(self, inputs: dict[str, torch.Tensor], wanted: frozenset[str]) -> Outputs:
+        out = self.teacher(**{k: inputs[k] for k in self._teacher_inputs if k in inputs},
+                           output_hidden_states="hidden_states" in wanted, output_attentions="attentions" in wanted)
+        return Outputs.of(out)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        module = self.accelerator.unwrap_model(model)
+        teacher = self.teacher_outputs(inputs, module.needs) if module.uses_teacher else Outputs()
+        losses = model(teacher=teacher, **{k: v for k, v in inputs.items() if k in (*MODEL_INPUTS, "labels")})
+        for name, value in losses.items():
+            self._sums[name] += value.detach()
+            self._counts[name] += 1
+        for cb in self.callback_handler.callbacks:
+            if isinstance(cb, DistillationCallback):
+                cb.on_distill_step(self.args, self.state, self.control, teacher=self.teacher, inputs=inputs, losses=losses)
+        return (losses["loss"], losses) if return_outputs else losses["loss"]
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds each loss term's mean since the last log as ``loss/<name>`` (TensorBoard groups them)."""
+        if "loss" in logs:
+            for name, total in self._sums.items():
+                if name != "loss" and self._counts[name]:
+                    logs[f"loss/{name}"] = round(float(total) / self._counts[name], 6)
+            self._sums.clear()
+            self._counts.clear()
+        super().log(logs, start_time)
+
+
+def process_state() -> PartialState:
+    """This process's place in a ``torchrun`` job (or a single process); CPU-only machines need accelerate's
+    ``cpu=True`` to form a gloo process group."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def mixed_precision(recipe: Recipe) -> dict[str, bool]:
+    """``recipe.fp16`` (default: on with CUDA) as TrainingArguments flags: bf16 where the GPU has it, else fp16."""
+    on = torch.cuda.is_available() if recipe.fp16 is None else recipe.fp16
+    bf16 = bool(on and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return {"bf16": bf16, "fp16": bool(on and not bf16)}
+
+
+def distill_arguments(output_dir: str | Path, stage: StageConfig, recipe: Recipe, **overrides: Any) -> TrainingArguments:
+    """One stage's schedule as TrainingArguments: warm-up + linear decay, step checkpoints, TensorBoard logs."""
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir), num_train_epochs=stage.epochs, max_steps=stage.max_steps,
+        learning_rate=stage.learning_rate, per_device_train_batch_size=stage.batch_size,
+        warmup_ratio=stage.warmup_ratio, weight_decay=stage.weight_decay, lr_scheduler_type="linear",
+        eval_strategy="no", save_strategy="steps", save_steps=recipe.save_steps, save_total_limit=1,
+        logging_steps=recipe.logging_steps, logging_dir=str(Path(output_dir) / "logs"), report_to=["tensorboard"],
+        seed=recipe.seed, remove_unused_columns=False, dataloader_num_workers=0,
+        ddp_find_unused_parameters=True, save_safetensors=True, dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(), **mixed_precision(recipe),
+    )
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
