@@ -178,13 +178,13 @@ SCALES: dict[str, Scale] = {s.name: s for s in (
         # slices sized from step times measured here: an estimated 45 min on 2 otherwise idle cores.
         settings={
             "task.glue_dir": _GLUE, "general.files": [_CORPUS],
-            "teacher.finetune": {"epochs": 1, "learning_rate": 5e-5, "batch_size": 32, "max_seq_length": 64},
+            "teacher.finetune": {"epochs": 1, "learning_rate": 1e-4, "batch_size": 32, "max_seq_length": 64},
             "logging_steps": 25, "save_steps": 200,
             **_schedule(
                 gd=dict(max_steps=300, batch_size=32, max_seq_length=64, learning_rate=5e-4),
                 ged=dict(max_steps=150, batch_size=32, max_seq_length=64, learning_rate=5e-4),
                 tad=dict(epochs=1, batch_size=32, max_seq_length=64, learning_rate=3e-4),
-                tsd=dict(epochs=1, batch_size=32, max_seq_length=64, learning_rate=1e-4),
+                tsd=dict(epochs=1, batch_size=32, max_seq_length=64, learning_rate=2e-4),
             ),
         },
         per_task={
