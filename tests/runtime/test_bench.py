@@ -133,7 +133,9 @@ def test_outputs_real_texts_and_memory(tiny_bert_dir, glue_dir, tmp_path, capsys
     student_mb = report["points"][-1]["student"]["memory"]["mb"]
     assert report["points"][-1]["teacher"]["memory"]["kind"] == "cpu_peak_rss_growth"
     assert teacher_mb > 40  # 57 MB of fp32 weights
-    assert 0 <= student_mb < teacher_mb / 2
+    # Absolute growth carries tens of MB of environment-dependent overhead (seen: +60 MB for both models when
+    # the checkout lives on /tmp), so compare the difference: ~53 MB more fp32 weights in the teacher.
+    assert 0 <= student_mb and teacher_mb - student_mb > 40
 
 
 # --------------------------------------------------------------------------------- bad input
