@@ -177,10 +177,15 @@ def _check_texts(texts) -> list:
         raise TypeError("texts must be a list of strings or a list of (text, text_pair) tuples")
     items = list(texts)
     if all(isinstance(t, str) for t in items):
-        return items
-    if all(isinstance(t, (tuple, list)) and len(t) == 2 and all(isinstance(s, str) for s in t) for t in items):
-        return [tuple(t) for t in items]
-    raise TypeError("texts must be all strings or all (text, text_pair) tuples of strings, not a mix")
+        parts = [(t,) for t in items]
+    elif all(isinstance(t, (tuple, list)) and len(t) == 2 and all(isinstance(s, str) for s in t) for t in items):
+        items = parts = [tuple(t) for t in items]
+    else:
+        raise TypeError("texts must be all strings or all (text, text_pair) tuples of strings, not a mix")
+    blank = next((i for i, p in enumerate(parts) if not all(s.strip() for s in p)), None)
+    if blank is not None:
+        raise ValueError(f"text {blank} is empty or only whitespace: drop it or give it some words")
+    return items
 
 
 def _split_pairs(texts: list) -> tuple:

@@ -54,6 +54,9 @@ def test_pairs_and_bad_inputs(tiny_bert_dir):
     for bad in ("just a string", [1, 2], ["text", ("a", "b")]):
         with pytest.raises(TypeError, match="texts must be"):
             clf(bad)
+    for blank in (["fine", "  "], [("a", "")]):
+        with pytest.raises(ValueError, match="text 1 is empty" if blank[0] == "fine" else "text 0 is empty"):
+            clf(blank)
 
 
 def test_regression_model(tmp_path, tiny_bert_dir):
