@@ -1,6 +1,7 @@
 """Dev metrics per task (scikit-learn / scipy), for the Trainer and for any HF classifier."""
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import numpy as np
@@ -44,7 +45,9 @@ def predict_logits(model, dataset, tokenizer, batch_size: int = 64) -> tuple[np.
     """Logits and labels of a tokenised dataset (dynamic padding), on the model's own device."""
     model.eval()
     device = next(model.parameters()).device
-    columns = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels") if c in dataset.column_names]
+    accepted = {*inspect.signature(model.forward).parameters, "labels"}  # e.g. MPNet takes no token_type_ids
+    columns = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels")
+               if c in dataset.column_names and c in accepted]
     loader = DataLoader(dataset.select_columns(columns), batch_size=batch_size,
                         collate_fn=DataCollatorWithPadding(tokenizer))
     logits, labels = [], []

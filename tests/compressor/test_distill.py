@@ -187,3 +187,19 @@ def test_two_process_ddp_on_cpu_produces_a_student(tmp_path, tiny_bert_dir, tiny
     assert {s["name"]: s["steps"] for s in report["stages"]} == {"gd": 3, "tsd": 3}
     final = AutoModelForSequenceClassification.from_pretrained(out / "final")
     assert final.config.num_hidden_layers == 4 and final.config.id2label == {0: "negative", 1: "positive"}
+
+
+def test_an_mpnet_teacher_runs_all_four_stages(tmp_path, tiny_bert_dir, tiny_recipe, write_recipe):
+    """The full-scale teacher is MPNet (all-mpnet-base-v2): no token_type_ids, no type_vocab_size."""
+    import torch
+    from transformers import MPNetConfig, MPNetModel
+
+    torch.manual_seed(0)
+    encoder = tmp_path / "tiny_mpnet"
+    MPNetModel(MPNetConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64)).save_pretrained(encoder)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(encoder)
+    report = run(load_recipe(write_recipe(tmp_path, tiny_recipe(encoder, general_steps=2, train_samples=32))),
+                 tmp_path / "run")
+    assert [s["name"] for s in report["stages"]] == ["gd", "ged", "tad", "tsd"]
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "final").config.model_type == "bert"
