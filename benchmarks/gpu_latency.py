@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.backends import BackendUnavailable, gpu_available
+from runtime.io import write_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TEXTS = REPO.parent / "shared" / "data" / "glue" / "SST-2" / "dev.tsv"
@@ -127,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     sections += [f"\n## {name}\n\n{bench.format_table(r)}" for name, r in results.items() if "points" in r]
     text = "\n".join(sections) + "\n"
     out = Path(args.out)
-    bench.write_atomic(out / "gpu_latency.md", lambda t: t.write_text(text))
-    bench.write_atomic(out / "gpu_latency.json", lambda t: t.write_text(json.dumps(results, indent=2) + "\n"))
+    write_atomic(out / "gpu_latency.md", lambda t: t.write_text(text))
+    write_atomic(out / "gpu_latency.json", lambda t: t.write_text(json.dumps(results, indent=2) + "\n"))
     print(text)
     return 0
 

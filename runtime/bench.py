@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ import numpy as np
 
 from runtime.backends import BACKENDS, BackendUnavailable
 from runtime.bench_models import ARCHS, PRECISIONS, ModelSpec, load_runner, parameter_count, vocab_size
+from runtime.io import write_atomic
 
 ROLES = ("teacher", "student")
 TEXTS = "texts"
@@ -365,19 +365,6 @@ def describe(report: dict) -> str:
     lines.append(f"{env['date']}; {env.get('gpu', env['cpu'])}; {env['cpus_usable']} usable cores, "
                  f"{env['threads']} threads per model; torch {env['torch']}, onnxruntime {env['onnxruntime']}")
     return "\n".join(lines)
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def plot(report: dict, path: Path, threshold: float | None = None) -> Path:

@@ -10,8 +10,6 @@ separate build: ``runtime.backends.onnxruntime_backend(path, device="cuda", tens
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from runtime.backends import TENSORRT_EXTRA, BackendUnavailable
+from runtime.io import write_atomic
 
 ENGINE_NAME = "model_fp16.engine"
 SETTINGS_NAME = "model_fp16.engine.json"
@@ -79,13 +78,6 @@ def require_tensorrt():
     return trt
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
 def _parse_onnx(trt, builder, logger, onnx_path: Path):
     network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
     parser = trt.OnnxParser(network, logger)
@@ -125,11 +117,11 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, max_batch: int = 64
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
     engine_path = out_dir / ENGINE_NAME
-    _write_atomic(engine_path, bytes(serialized))
-    _write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
+    write_atomic(engine_path, lambda f: f.write_bytes(bytes(serialized)))
+    write_atomic(cache_path, lambda f: f.write_bytes(bytes(config.get_timing_cache().serialize())))
     settings = BuildSettings(Path(onnx_path).name, inputs, shapes, workspace_mb=workspace_mb,
                              tensorrt_version=trt.__version__, gpu=torch.cuda.get_device_name())
-    _write_atomic(out_dir / SETTINGS_NAME, settings.to_json().encode())
+    write_atomic(out_dir / SETTINGS_NAME, lambda f: f.write_text(settings.to_json()))
     return engine_path
 
 
