@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     transformers.logging.set_verbosity_warning()
     try:
         recipe = load_recipe(args.config, overrides)
-        report = run(recipe, args.output_dir)
+        run(recipe, args.output_dir)
     except USER_ERRORS as exc:
         print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
         return 2
