@@ -11,6 +11,7 @@ its last Trainer checkpoint. Under ``torchrun`` every rank runs this file unchan
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import shutil
 import sys
@@ -96,6 +97,7 @@ class Run:
         self.eval_length = self.recipe.stages[-1].max_seq_length
         self.finetuned_path: str | None = self.recipe.teacher.finetuned
         self.finetune_seconds: float | None = None
+        self.retrained: str | None = None  # the first stage this invocation trains; later stages must follow it
         self.collator = DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None)
         self.tokenized(self.eval_length)  # on every rank now: rank-0-only code below must not hit its barrier
 
@@ -167,9 +169,15 @@ class Run:
         stage = self.recipe.stages[index]
         stage_dir = self.out / stage.name
         if (stage_dir / STAGE_MARKER).is_file():
+            done = read_json(stage_dir / STAGE_MARKER)
+            check_same_stage(stage, done, stage_dir)
+            if self.retrained:
+                raise DistillError(f"stage {stage.name!r} in {stage_dir} started from an older {self.retrained!r}, "
+                                   f"which this run retrained; delete {stage_dir} (and the stage folders after it)")
             log.info("stage %s already finished in %s: skipped", stage.name, stage_dir)
-            return read_json(stage_dir / STAGE_MARKER)
+            return done
         start = time.perf_counter()
+        self.retrained = self.retrained or stage.name
         teacher = self.teacher(stage.teacher)
         student, previous = self.stage_start(index)
         module = DistillationModule(student, projections_for(student, teacher, previous), stage.losses,
@@ -186,7 +194,7 @@ class Run:
         if last:
             log.info("stage %s: resuming from %s", stage.name, last)
         result = trainer.train(resume_from_checkpoint=last)
-        summary = {"name": stage.name, "teacher": stage.teacher, "teacher_path": teacher.config._name_or_path,
+        summary = {"name": stage.name, "recipe": dataclasses.asdict(stage), "teacher": stage.teacher, "teacher_path": teacher.config._name_or_path,
                    "data": stage.data, "losses": dict(stage.losses), "steps": trainer.state.global_step,
                    "train_loss": round(float(result.training_loss), 6)}
         if self.main:
@@ -228,6 +236,20 @@ class Run:
             stages=stages,
             student={"path": str(final), "params": count_params(student), "dev": stages[-1]["dev"]},
         )
+
+
+def check_same_stage(stage: StageConfig, done: dict[str, Any], stage_dir: Path) -> None:
+    """A finished stage is reused only if it was trained with this recipe's settings for it; otherwise a rerun
+    with a changed override would silently report the old stage."""
+    before = done.get("recipe")
+    if before is None:  # written before stage.json recorded its settings
+        return
+    now = dataclasses.asdict(stage)
+    changed = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
+    if changed:
+        diff = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise DistillError(f"stage {stage.name!r} in {stage_dir} was trained with other settings ({diff}); "
+                           f"use a new --output-dir, or delete {stage_dir} and the stage folders after it")
 
 
 def run(recipe: Recipe, output_dir: str | Path, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:

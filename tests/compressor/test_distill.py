@@ -5,8 +5,10 @@ which teacher produced the targets, which batches the student saw, which loss te
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipe
 
 from compressor.config import load_recipe
 from compressor.data import load_task_data, tokenize_task
-from compressor.distill import STAGE_MARKER, main, run
+from compressor.distill import STAGE_MARKER, DistillError, main, run
 from compressor.trainer import DistillationCallback
 
 pytestmark = pytest.mark.slow
@@ -92,6 +94,27 @@ def test_resume_skips_finished_stages_and_continues_the_interrupted_one(resumed_
     steps = {s["name"]: s["steps"] for s in report["stages"]}
     assert steps == {"gd": 3, "ged": 3, "tad": 6, "tsd": 6}
     assert not (out / "tad" / "checkpoints").exists()
+
+
+def test_a_finished_stage_is_not_reused_under_changed_settings(resumed_run):
+    recipe, out, *_ = resumed_run
+    changed = dataclasses.replace(recipe, stages=[*recipe.stages[:-1],
+                                                  dataclasses.replace(recipe.stages[-1], temperature=3.0)])
+    before = (out / "report.json").read_text()
+    with pytest.raises(DistillError, match=r"stage 'tsd' .* other settings \(temperature: 2.0 -> 3.0\); use a new --output-dir"):
+        run(changed, out)
+    assert (out / "report.json").read_text() == before
+    assert json.loads((out / "tsd" / STAGE_MARKER).read_text())["recipe"] == dataclasses.asdict(recipe.stages[-1])
+
+
+def test_a_finished_stage_after_a_retrained_one_is_refused(resumed_run, tmp_path):
+    recipe, out, *_ = resumed_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "tad")
+    with pytest.raises(DistillError, match=r"stage 'tsd' .* started from an older 'tad', which this run retrained"):
+        run(recipe, copy)
+    assert (copy / "tad" / STAGE_MARKER).is_file()  # the deleted stage was trained again, the stale one refused
 
 
 def test_run_directory_report_and_final_student(resumed_run):
