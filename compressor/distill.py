@@ -194,9 +194,9 @@ class Run:
         if last:
             log.info("stage %s: resuming from %s", stage.name, last)
         result = trainer.train(resume_from_checkpoint=last)
-        summary = {"name": stage.name, "recipe": dataclasses.asdict(stage), "teacher": stage.teacher, "teacher_path": teacher.config._name_or_path,
-                   "data": stage.data, "losses": dict(stage.losses), "steps": trainer.state.global_step,
-                   "train_loss": round(float(result.training_loss), 6)}
+        summary = {"name": stage.name, "recipe": dataclasses.asdict(stage), "teacher": stage.teacher,
+                   "teacher_path": teacher.config._name_or_path, "data": stage.data, "losses": dict(stage.losses),
+                   "steps": trainer.state.global_step, "train_loss": round(float(result.training_loss), 6)}
         if self.main:
             self.save_stage(stage_dir, module, summary, start)
         self.state.wait_for_everyone()
