@@ -5,7 +5,10 @@ token) and carries the task's ``id2label``, so any stage's output is a normal HF
 
 Initialisers (``student.init``): ``random`` (the paper), ``teacher_layers`` (embeddings and a uniform
 subset of the teacher's layers; widths must match), ``checkpoint`` (a student directory, e.g. a published
-general-distilled one; its head is re-initialised when its labels differ from the task's).
+general-distilled one; its head is re-initialised when its labels differ from the task's), ``pruned`` (cut
+out of a teacher by measured importance, :func:`prune_student`; the teacher's own model class, which then
+starts the first stage like a checkpoint). A pruned student records the teacher layers it kept in its config
+(``pruned_from``), so the latent losses map each student layer to the teacher layer it came from.
 
 Projections: one ``nn.Linear`` (student width -> teacher width) per latent term, ``hidden`` and
 ``embedding``, rather than TinyBERT's single shared matrix: embedding outputs and layer outputs live on
@@ -40,6 +43,17 @@ def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
     if student_layers < 1 or teacher_layers < 1:
         raise StudentError(f"layer counts must be positive, got student {student_layers} and teacher {teacher_layers}")
     return [math.ceil(i * teacher_layers / student_layers) for i in range(1, student_layers + 1)]
+
+
+def layer_map_for(student_config, teacher_config) -> list[int]:
+    """The teacher layer (1-based) each student layer learns from: the layers a pruned student was cut from
+    when this teacher has the depth it was cut from, else the uniform :func:`layer_map`."""
+    pruned = getattr(student_config, "pruned_from", None) or {}
+    layers = pruned.get("layers")
+    if (layers and len(layers) == student_config.num_hidden_layers
+            and pruned.get("num_hidden_layers") == teacher_config.num_hidden_layers):
+        return list(layers)
+    return layer_map(student_config.num_hidden_layers, teacher_config.num_hidden_layers)
 
 
 def labels_match(config, task: Task) -> bool:
@@ -108,10 +122,40 @@ INITIALISERS = {"random": _init_random, "teacher_layers": _init_teacher_layers, 
 
 
 def build_student(cfg: StudentConfig, teacher, task: Task) -> BertForSequenceClassification:
-    """A fresh student for the first stage; ``teacher`` supplies vocabulary size (and layers for ``teacher_layers``)."""
+    """A fresh student for the first stage; ``teacher`` supplies vocabulary size (and layers for ``teacher_layers``).
+
+    ``init: pruned`` students are made by :func:`prune_student` before the first stage (they need calibration
+    data) and then start it as ``checkpoint`` students do.
+    """
     if cfg.init not in INITIALISERS:
         raise StudentError(f"student.init must be one of {', '.join(INITIALISERS)}, got {cfg.init!r}")
     return INITIALISERS[cfg.init](cfg, teacher, task)
+
+
+def prune_student(cfg: StudentConfig, teacher, task: Task, batches: list[dict[str, torch.Tensor]],
+                  source: str) -> tuple[nn.Module, nn.ModuleDict, dict]:
+    """Cut the recipe's student shape out of ``teacher`` (see compressor/prune.py): the student (the teacher's
+    own class, with the task's labels), hidden-state projections that start as the exact inverse of the
+    channel cut, and the pruning report. ``source`` names the teacher in the student's ``pruned_from``."""
+    from compressor.prune import PruneError, Shape, channel_selection, prune
+
+    shape = Shape(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads)
+    overrides = {"attention_probs_dropout_prob": 0.0, **label_maps(task)}
+    try:
+        result = prune(teacher, shape, batches, overrides, layers=cfg.prune.layers)
+    except PruneError as exc:
+        raise StudentError(str(exc)) from None
+    student = result.student
+    student.config.pruned_from = {"source": source, "num_hidden_layers": teacher.config.num_hidden_layers,
+                                  "layers": result.report["layers"], "method": result.report["layer_choice"]["method"]}
+    projections = make_projections(cfg.hidden_size, teacher.config.hidden_size)
+    if cfg.hidden_size != teacher.config.hidden_size:
+        selection = channel_selection(result.plan, cfg.hidden_size, teacher.config.hidden_size)
+        with torch.no_grad():
+            for proj in projections.values():
+                proj.weight.copy_(selection)
+                proj.bias.zero_()
+    return student, projections, result.report
 
 
 def make_projections(student_width: int, teacher_width: int) -> nn.ModuleDict:
