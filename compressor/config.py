@@ -21,7 +21,9 @@ import yaml
 LOSS_NAMES = ("hidden", "attention", "embedding", "soft", "hard")
 TEACHER_KINDS = ("pretrained", "finetuned")
 DATA_KINDS = ("general", "task")
-INIT_KINDS = ("random", "teacher_layers", "checkpoint")
+INIT_KINDS = ("random", "teacher_layers", "checkpoint", "pruned")
+PRUNE_LAYER_CHOICES = ("auto", "uniform", "importance")
+TRANSFER_SOURCES = ("general", "files")
 
 
 class ConfigError(ValueError):
@@ -52,6 +54,20 @@ class TeacherConfig:
 
 
 @dataclass
+class PruneConfig:
+    """How ``student.init: pruned`` measures importance and picks layers (see compressor/prune.py)."""
+
+    layers: str = "auto"
+    """``auto`` (uniform and block-importance choices both measured against the teacher; the better kept),
+    ``uniform`` or ``importance``."""
+    calibration: str = "task"
+    """Calibration batches from the ``task`` training data or the ``general`` corpus."""
+    samples: int = 512
+    batch_size: int = 32
+    max_seq_length: int = 128
+
+
+@dataclass
 class StudentConfig:
     """ERNIE-Tiny's shape by default: 4 layers, hidden 312, FFN 1200, 12 heads."""
 
@@ -60,9 +76,50 @@ class StudentConfig:
     intermediate_size: int = 1200
     num_attention_heads: int = 12
     init: str = "random"
-    """``random`` (the paper), ``teacher_layers`` (widths must match) or ``checkpoint``."""
+    """``random`` (the paper), ``teacher_layers`` (widths must match), ``checkpoint``, or ``pruned`` (cut out of
+    a teacher by measured importance: the teacher's own model class in this shape)."""
     checkpoint: str | None = None
     """HF directory or hub id of a student to start from when ``init: checkpoint``."""
+    prune_from: str = "finetuned"
+    """``init: pruned``: cut from the ``finetuned`` teacher (keeps its classifier) or the ``pretrained`` encoder."""
+    prune: PruneConfig = field(default_factory=PruneConfig)
+
+
+@dataclass
+class TransferConfig:
+    """Unlabeled sentences the task stages also train on, with the teacher's outputs only (no gold label)."""
+
+    source: str = "general"
+    """``general`` (the recipe's general corpus) or ``files`` (``files`` below: text, or TSV/CSV/JSON with ``column``)."""
+    files: list[str] = field(default_factory=list)
+    column: str | None = None
+    """Text column of TSV/CSV/JSON transfer files (for pair tasks: two columns, ``a,b``); no other column is read."""
+    max_examples: int = 20000
+    min_words: int = 3
+    max_words: int = 60
+
+
+@dataclass
+class MLMConfig:
+    """TinyBERT-style word replacement: each single-piece word is replaced, with probability ``p``, by one of a
+    masked-language model's top-``top_k`` predictions; ``copies`` augmented copies per task example."""
+
+    model: str | None = None
+    """A masked-language model (local dir or hub id, e.g. bert-base-uncased)."""
+    copies: int = 20
+    p: float = 0.4
+    top_k: int = 15
+    max_examples: int | None = None
+    """Augment only the first N task examples (``None``: all)."""
+    batch_size: int = 64
+
+
+@dataclass
+class AugmentConfig:
+    """Augmented task data, generated once per run (cached with ``datasets``), used by stages with ``augment: true``."""
+
+    transfer: TransferConfig | None = None
+    mlm: MLMConfig | None = None
 
 
 @dataclass
@@ -106,6 +163,8 @@ class StageConfig:
     temperature: float = 1.0
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
+    augment: bool = False
+    """Task stages: also train on the recipe's ``augment`` data (transfer rows get no hard-label loss)."""
 
 
 @dataclass
@@ -114,6 +173,7 @@ class Recipe:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     general: GeneralDataConfig = field(default_factory=GeneralDataConfig)
+    augment: AugmentConfig | None = None
     stages: list[StageConfig] = field(default_factory=list)
     seed: int = 42
     logging_steps: int = 50
@@ -310,6 +370,8 @@ def validate(recipe: Recipe) -> None:
         raise ConfigError(f"student.init must be one of {', '.join(INIT_KINDS)}, got {s.init!r}")
     if s.hidden_size % s.num_attention_heads:
         raise ConfigError(f"student.hidden_size {s.hidden_size} must be divisible by num_attention_heads {s.num_attention_heads}")
+    if s.init == "pruned":
+        _validate_prune(s, recipe)
     if s.init == "checkpoint":
         if not s.checkpoint:
             raise ConfigError("student.init is 'checkpoint' but student.checkpoint is empty; give a student dir")
@@ -341,9 +403,60 @@ def validate(recipe: Recipe) -> None:
             raise ConfigError(f"{where} reads the general corpus but general.files is empty; list corpus files")
         if st.temperature <= 0:
             raise ConfigError(f"{where}: temperature must be positive")
+        if st.augment and st.data != "task":
+            raise ConfigError(f"{where}: augment: true needs task data (data: task); the general corpus is not augmented")
+        if st.augment and not (recipe.augment and (recipe.augment.transfer or recipe.augment.mlm)):
+            raise ConfigError(f"{where} has augment: true but the recipe has no augment.transfer or augment.mlm; "
+                              f"declare one under 'augment:' or set augment: false")
+    if recipe.augment is not None:
+        _validate_augment(recipe)
     for f in recipe.general.files:
         if not Path(f).is_file():
             raise ConfigError(f"general corpus file {f} does not exist; fix general.files")
+
+
+def _validate_prune(s: StudentConfig, recipe: Recipe) -> None:
+    if s.prune_from not in TEACHER_KINDS:
+        raise ConfigError(f"student.prune_from must be one of {', '.join(TEACHER_KINDS)}, got {s.prune_from!r}")
+    p = s.prune
+    if p.layers not in PRUNE_LAYER_CHOICES:
+        raise ConfigError(f"student.prune.layers must be one of {', '.join(PRUNE_LAYER_CHOICES)}, got {p.layers!r}")
+    if p.calibration not in DATA_KINDS:
+        raise ConfigError(f"student.prune.calibration must be one of {', '.join(DATA_KINDS)}, got {p.calibration!r}")
+    if p.calibration == "general" and not recipe.general.files:
+        raise ConfigError("student.prune.calibration is 'general' but general.files is empty; list corpus files "
+                          "or calibrate on task data")
+    for key in ("samples", "batch_size", "max_seq_length"):
+        if getattr(p, key) < 1:
+            raise ConfigError(f"student.prune.{key} must be at least 1, got {getattr(p, key)}")
+
+
+def _validate_augment(recipe: Recipe) -> None:
+    a = recipe.augment
+    if a.transfer is not None:
+        t = a.transfer
+        if t.source not in TRANSFER_SOURCES:
+            raise ConfigError(f"augment.transfer.source must be one of {', '.join(TRANSFER_SOURCES)}, got {t.source!r}")
+        if t.source == "general" and not recipe.general.files:
+            raise ConfigError("augment.transfer.source is 'general' but general.files is empty; list corpus files "
+                              "or use source: files with augment.transfer.files")
+        if t.source == "files":
+            if not t.files:
+                raise ConfigError("augment.transfer.source is 'files' but augment.transfer.files is empty; list text files")
+            for f in t.files:
+                if not Path(f).is_file():
+                    raise ConfigError(f"augment.transfer file {f} does not exist; fix augment.transfer.files")
+        if t.max_examples < 1 or t.min_words < 1 or t.max_words < t.min_words:
+            raise ConfigError("augment.transfer needs max_examples >= 1 and 1 <= min_words <= max_words")
+    if a.mlm is not None:
+        m = a.mlm
+        if not m.model:
+            raise ConfigError("augment.mlm.model is empty; name a masked-language model (dir or hub id, e.g. "
+                              "bert-base-uncased) or remove augment.mlm")
+        m.model = resolve_model_path(m.model)
+        _check_model_ref(m.model, "augment.mlm.model")
+        if m.copies < 1 or m.top_k < 1 or not 0.0 < m.p <= 1.0:
+            raise ConfigError("augment.mlm needs copies >= 1, top_k >= 1 and 0 < p <= 1")
 
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] | dict[str, Any] | None = None) -> Recipe:

@@ -67,12 +67,22 @@ def soft_label_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: f
 
 
 def regression_mse(student: Tensor, target: Tensor) -> Tensor:
-    """MSE between a regression head's outputs (B, 1) or (B,) and targets of the same length."""
-    return F.mse_loss(student.float().reshape(-1), target.float().reshape(-1))
+    """MSE between a regression head's outputs (B, 1) or (B,) and targets of the same length; NaN targets
+    (rows without a gold value, e.g. augmented ones) are left out, and a batch with none gives 0."""
+    s, t = student.float().reshape(-1), target.float().reshape(-1)
+    known = ~torch.isnan(t)
+    return ((s - t.nan_to_num()) ** 2 * known).sum() / known.sum().clamp_min(1)
+
+
+NO_LABEL = -100
+"""A classification row without a gold label (augmented rows): skipped by :func:`hard_label_ce`."""
 
 
 def hard_label_ce(student_logits: Tensor, labels: Tensor) -> Tensor:
-    return F.cross_entropy(student_logits.float(), labels.long())
+    """Cross-entropy over the rows that have a gold label (label != NO_LABEL); 0 for a batch with none."""
+    labels = labels.long()
+    total = F.cross_entropy(student_logits.float(), labels, ignore_index=NO_LABEL, reduction="sum")
+    return total / (labels != NO_LABEL).sum().clamp_min(1)
 
 
 # --------------------------------------------------------------------------- adaptors + registry
@@ -136,7 +146,7 @@ def _embedding(s: Outputs, t: Outputs, ctx: LossContext) -> Tensor:
 
 def _soft(s: Outputs, t: Outputs, ctx: LossContext) -> Tensor:
     if ctx.regression:
-        return regression_mse(s.logits, t.logits)
+        return F.mse_loss(s.logits.float().reshape(-1), t.logits.float().reshape(-1))
     return soft_label_kl(s.logits, t.logits, ctx.temperature)
 
 
