@@ -20,26 +20,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 import transformers
 from transformers import (AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer,
                           DataCollatorWithPadding, TrainerCallback)
 from transformers.trainer_utils import get_last_checkpoint
 
+from compressor import augment
 from compressor.config import ConfigError, Recipe, StageConfig, load_recipe
 from compressor.data import DataError, general_blocks, load_task_data, task_spec, tokenize_task
 from compressor.finetune import finetune_teacher
 from compressor.io import read_json, write_json_atomic
 from compressor.metrics import evaluate
 from compressor.report import build_report, write_report
-from compressor.student import (PROJECTIONS_FILE, StudentError, build_student, labels_match, layer_map,
-                                projections_for)
+from compressor.student import (PROJECTIONS_FILE, StudentError, build_student, labels_match, layer_map_for,
+                                projections_for, prune_student)
 from compressor.tasks import Task
 from compressor.trainer import DistillationModule, DistillationTrainer, distill_arguments, process_state
 
 log = logging.getLogger(__name__)
 STAGE_MARKER = "stage.json"
 TEACHER_DEV = "teacher_dev.json"
+PRUNED_DIR = "pruned"
+PRUNE_MARKER = "prune.json"
 
 
 class DistillError(ValueError):
@@ -93,6 +97,7 @@ class Run:
         with self.state.main_process_first():
             self.task_data = load_task_data(self.recipe.task)
         self._tokenized: dict[int, Any] = {}
+        self._augmented: dict[int, Any] = {}
         self._teachers: dict[str, Any] = {}
         self.eval_length = self.recipe.stages[-1].max_seq_length
         self.finetuned_path: str | None = self.recipe.teacher.finetuned
@@ -146,21 +151,82 @@ class Run:
         self.state.wait_for_everyone()
         return read_json(path)
 
+    # ----------------------------------------------------------------- the pruned start
+
+    def calibration_batches(self) -> list[dict[str, torch.Tensor]]:
+        """``student.prune.samples`` rows of task training data (shuffled by the seed) or general-corpus blocks."""
+        p = self.recipe.student.prune
+        if p.calibration == "general":
+            g = self.recipe.general
+            rows = list(general_blocks(g.files, self.tokenizer, p.max_seq_length, p.samples, seed=self.recipe.seed))
+        else:
+            train = self.tokenized(p.max_seq_length)["train"]
+            rows = train.shuffle(seed=self.recipe.seed).select(range(min(p.samples, len(train))))
+            rows = [{k: v for k, v in r.items() if k != "labels"} for r in rows]
+        collate = DataCollatorWithPadding(self.tokenizer)
+        return [collate(rows[i:i + p.batch_size]) for i in range(0, len(rows), p.batch_size)]
+
+    def ensure_pruned(self) -> Path:
+        """``student.init: pruned``: cut the student out of its teacher once (rank 0), into ``pruned/``: the student,
+        its projections, its dev metrics before any training and ``prune.json`` (written last: "finished")."""
+        folder = self.out / PRUNED_DIR
+        if self.main and not (folder / PRUNE_MARKER).is_file():
+            start = time.perf_counter()
+            cfg = self.recipe.student
+            teacher = self.teacher(cfg.prune_from)
+            source = self.finetuned_path if cfg.prune_from == "finetuned" else self.recipe.teacher.pretrained
+            student, projections, report = prune_student(cfg, teacher, self.task, self.calibration_batches(), source)
+            tmp = self.out / f".{PRUNED_DIR}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            student.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            torch.save(projections.state_dict(), tmp / PROJECTIONS_FILE)
+            dev = self.dev_metrics(student)
+            write_json_atomic(tmp / "dev_metrics.json", dev)
+            write_json_atomic(tmp / PRUNE_MARKER, {**report, "prune_from": cfg.prune_from, "source": str(source),
+                                                   "params": count_params(student), "dev": dev,
+                                                   "seconds": round(time.perf_counter() - start, 1)})
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp.rename(folder)
+            log.info("pruned student in %s: dev %s, layers %s", folder, dev, report["layers"])
+        self.state.wait_for_everyone()
+        return folder
+
     # ----------------------------------------------------------------- stages
 
+    def augmented(self, max_seq_length: int):
+        """The recipe's augmented rows (generated once, cached under ``augment/``), tokenised; labels NO_LABEL/NaN."""
+        if max_seq_length not in self._augmented:
+            with self.state.main_process_first():
+                rows = augment.build(self.recipe.augment, self.task_data["train"], self.task, self.recipe.general.files,
+                                     self.recipe.seed, self.out / "augment")
+                tokenized = tokenize_task(datasets.DatasetDict(train=rows.remove_columns(augment.SOURCE_COLUMN)),
+                                          self.tokenizer, max_seq_length)["train"]
+            self._augmented[max_seq_length] = (tokenized, augment.sizes(rows))
+        return self._augmented[max_seq_length]
+
     def train_data(self, stage: StageConfig):
+        """The stage's rows and their count per source (task, transfer, mlm; general: streamed, not counted)."""
         if stage.data == "general":
             g = self.recipe.general
-            return general_blocks(g.files, self.tokenizer, stage.max_seq_length, g.max_blocks, seed=self.recipe.seed)
-        return self.tokenized(stage.max_seq_length)["train"]
+            return general_blocks(g.files, self.tokenizer, stage.max_seq_length, g.max_blocks, seed=self.recipe.seed), {}
+        task_rows = self.tokenized(stage.max_seq_length)["train"]
+        if not stage.augment:
+            return task_rows, {"task": len(task_rows)}
+        extra, sizes = self.augmented(stage.max_seq_length)
+        extra = extra.cast(task_rows.features)
+        return datasets.concatenate_datasets([task_rows, extra]), {"task": len(task_rows), **sizes}
 
     def stage_start(self, index: int):
         """The student a stage starts from (the first is built against the first stage's teacher), and where
         its projections come from (the previous stage, or a checkpoint student's own ``projections.pt``)."""
         if index == 0:
             transformers.set_seed(self.recipe.seed)
-            first_teacher = self.teacher(self.recipe.stages[0].teacher)
             cfg = self.recipe.student
+            if cfg.init == "pruned":
+                pruned = self.ensure_pruned()
+                return AutoModelForSequenceClassification.from_pretrained(pruned), pruned
+            first_teacher = self.teacher(self.recipe.stages[0].teacher)
             return build_student(cfg, first_teacher, self.task), cfg.checkpoint if cfg.init == "checkpoint" else None
         previous = self.out / self.recipe.stages[index - 1].name
         return AutoModelForSequenceClassification.from_pretrained(previous), previous
@@ -181,13 +247,13 @@ class Run:
         teacher = self.teacher(stage.teacher)
         student, previous = self.stage_start(index)
         module = DistillationModule(student, projections_for(student, teacher, previous), stage.losses,
-                                    layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers),
-                                    stage.temperature)
+                                    layer_map_for(student.config, teacher.config), stage.temperature)
         ckpt_dir = stage_dir / "checkpoints"
+        train_rows, rows = self.train_data(stage)
         trainer = DistillationTrainer(
             model=module, teacher=teacher, args=distill_arguments(ckpt_dir, stage, self.recipe,
                                                                   logging_dir=str(stage_dir / "logs")),
-            train_dataset=self.train_data(stage), data_collator=self.collator,
+            train_dataset=train_rows, data_collator=self.collator,
             callbacks=list(self.callbacks),
         )
         last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
@@ -196,7 +262,7 @@ class Run:
         result = trainer.train(resume_from_checkpoint=last)
         summary = {"name": stage.name, "recipe": dataclasses.asdict(stage), "teacher": stage.teacher,
                    "teacher_path": teacher.config._name_or_path, "data": stage.data, "losses": dict(stage.losses),
-                   "steps": trainer.state.global_step, "train_loss": round(float(result.training_loss), 6)}
+                   "steps": trainer.state.global_step, "train_loss": round(float(result.training_loss), 6), "rows": rows}
         if self.main:
             self.save_stage(stage_dir, module, summary, start)
         self.state.wait_for_everyone()
@@ -235,6 +301,7 @@ class Run:
                      "finetune_seconds": self.finetune_seconds},
             stages=stages,
             student={"path": str(final), "params": count_params(student), "dev": stages[-1]["dev"]},
+            pruned=read_json(self.out / PRUNED_DIR / PRUNE_MARKER) if self.recipe.student.init == "pruned" else None,
         )
 
 
@@ -260,6 +327,8 @@ def run(recipe: Recipe, output_dir: str | Path, callbacks: list[TrainerCallback]
     r = Run(recipe, out, list(callbacks or []))
     r.ensure_finetuned()
     r.teacher_dev()
+    if recipe.student.init == "pruned":
+        r.ensure_pruned()
     stages = [r.run_stage(i) for i in range(len(recipe.stages))]
     final = r.publish_final()
     report = r.report(stages, final)

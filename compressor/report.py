@@ -15,12 +15,16 @@ PLOT_FILE = "dev_by_stage.png"
 
 
 def build_report(task: str, metric: str, teacher: dict[str, Any], stages: list[dict[str, Any]],
-                 student: dict[str, Any]) -> dict[str, Any]:
+                 student: dict[str, Any], pruned: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``pruned`` (``student.init: pruned``): the cut's prune.json: kept layers, how they were chosen, and the
+    pruned student's dev metrics before any training."""
     t, s = teacher["dev"].get(metric), student["dev"].get(metric)
     retention = s / t if t not in (None, 0) and s is not None else None
-    return {"task": task, "metric": metric, "teacher": teacher, "stages": stages, "student": student,
+    seconds = sum(st.get("seconds", 0.0) for st in stages) + (teacher.get("finetune_seconds") or 0)
+    seconds += (pruned or {}).get("seconds", 0.0)
+    return {"task": task, "metric": metric, "teacher": teacher, "pruned": pruned, "stages": stages, "student": student,
             "retention": retention, "compression": teacher["params"] / student["params"],
-            "total_seconds": round(sum(st.get("seconds", 0.0) for st in stages) + (teacher.get("finetune_seconds") or 0), 1)}
+            "total_seconds": round(seconds, 1)}
 
 
 def _fmt(value: Any) -> str:
@@ -49,6 +53,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         "| stage | teacher | data | losses (weight) | steps | " + m + " | seconds |",
         "|---|---|---|---|---|---|---|",
     ]
+    pruned = report.get("pruned")
+    if pruned:
+        lines.append(f"| pruned (start) | cut from the {pruned['prune_from']} teacher: layers {pruned['layers']} "
+                     f"({pruned['layer_choice']['method']}) | - | - | - | {_fmt(pruned['dev'].get(m))} | "
+                     f"{pruned.get('seconds', '-')} |")
     for st in report["stages"]:
         losses = ", ".join(f"{k} {w:g}" for k, w in st["losses"].items() if w)
         lines.append(f"| {st['name']} | {st['teacher']} | {st['data']} | {losses} | {st.get('steps', '-')} | "

@@ -47,9 +47,12 @@ class DistillationModule(nn.Module):
         self.needs = needs(self.weights)
         self.uses_teacher = uses_teacher(self.weights)
         self.regression = student.config.num_labels == 1
+        # a student cut from an MPNet teacher is an MPNet: no token_type_ids
+        self.takes_token_types = "token_type_ids" in inspect.signature(student.forward).parameters
 
     def forward(self, teacher: Outputs, input_ids, attention_mask, token_type_ids=None, labels=None):
-        out = self.student(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+        extra = {"token_type_ids": token_type_ids} if self.takes_token_types else {}
+        out = self.student(input_ids=input_ids, attention_mask=attention_mask, **extra,
                            output_hidden_states="hidden_states" in self.needs,
                            output_attentions="attentions" in self.needs)
         ctx = LossContext(self.layer_map, self.projections, attention_mask, labels, self.temperature, self.regression)

@@ -226,3 +226,52 @@ def test_an_mpnet_teacher_runs_all_four_stages(tmp_path, tiny_bert_dir, tiny_rec
                  tmp_path / "run")
     assert [s["name"] for s in report["stages"]] == ["gd", "ged", "tad", "tsd"]
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "final").config.model_type == "bert"
+
+
+class LabelRecorder(DistillationCallback):
+    """Per stage: every batch's rows (padding removed), their labels, and the loss terms."""
+
+    def __init__(self):
+        self.steps: dict[str, list[dict]] = {}
+
+    def on_distill_step(self, args, state, control, *, teacher, inputs, losses):
+        self.steps.setdefault(Path(args.output_dir).parent.name, []).append({
+            "rows": [tuple(r[m.bool()].tolist()) for r, m in zip(inputs["input_ids"], inputs["attention_mask"])],
+            "labels": inputs["labels"].tolist() if "labels" in inputs else None,
+            "losses": {k: float(v) for k, v in losses.items()}})
+
+
+def test_a_pruned_student_with_a_transfer_set_through_the_task_stages(tmp_path, tiny_encoder_dir, tiny_recipe,
+                                                                      write_recipe, glue_dir):
+    """student.init: pruned from the fine-tuned teacher; TAD and TSD train on task rows plus transfer sentences,
+    which carry no gold label (NO_LABEL) while every task row keeps its own; the pruned start is in the report."""
+    from compressor.losses import NO_LABEL
+
+    data = tiny_recipe(tiny_encoder_dir, general_steps=2, train_samples=32)
+    data["student"] = {"num_hidden_layers": 1, "hidden_size": 24, "intermediate_size": 48, "num_attention_heads": 4,
+                       "init": "pruned", "prune_from": "finetuned", "prune": {"samples": 16, "max_seq_length": 32}}
+    data["augment"] = {"transfer": {"max_examples": 24}}
+    for stage in data["stages"][2:]:
+        stage["augment"] = True
+    recipe = load_recipe(write_recipe(tmp_path, data))
+    recorder = LabelRecorder()
+    report = run(recipe, tmp_path / "run", callbacks=[recorder])
+
+    pruned = report["pruned"]
+    assert pruned["prune_from"] == "finetuned" and len(pruned["layers"]) == 1
+    assert pruned["layer_choice"]["method"] in {"uniform", "importance"} and "accuracy" in pruned["dev"]
+    final = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "final")
+    assert final.config.pruned_from["layers"] == pruned["layers"] and final.config.hidden_size == 24
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_dir)
+    task = tokenize_task(load_task_data(recipe.task), tokenizer, 32)["train"]
+    gold = {tuple(r): l for r, l in zip(task["input_ids"], task["labels"])}
+    for name in ("tad", "tsd"):
+        stage = next(s for s in report["stages"] if s["name"] == name)
+        assert stage["rows"] == {"task": 32, "transfer": 24}
+        seen = [(row, label) for step in recorder.steps[name] for row, label in zip(step["rows"], step["labels"])]
+        assert len(seen) == 56  # one epoch over task + transfer rows
+        transfer = [(row, label) for row, label in seen if row not in gold]
+        assert len(transfer) == 24 and {label for _, label in transfer} == {NO_LABEL}
+        assert all(label == gold[row] for row, label in seen if row in gold)
+    assert all("hard" in step["losses"] and step["losses"]["hard"] >= 0 for step in recorder.steps["tsd"])
