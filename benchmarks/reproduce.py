@@ -46,7 +46,7 @@ import yaml
 
 import compressor
 from compressor.config import Recipe, apply_overrides, parse_overrides, recipe_from_dict
-from compressor.distill import USER_ERRORS, run as distill_run
+from compressor.distill import PRUNED_DIR, USER_ERRORS, run as distill_run
 from compressor.finetune import finetune_teacher
 from compressor.io import read_json, write_json_atomic, write_text_atomic
 from compressor.tasks import GLUE_TASKS
@@ -70,7 +70,7 @@ class ReproduceError(ValueError):
 # --------------------------------------------------------------------------- the five students
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Variant:
     key: str
     label: str
@@ -78,6 +78,10 @@ class Variant:
     """Stage names of the task's recipe (or of :data:`DERIVED_STAGES`) after the starting point."""
     after_gd: bool
     """Start from the shared General Distillation student instead of a random student."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """Recipe overrides of this variant (dotted keys), applied after its stages are chosen."""
+    from_run: str | None = None
+    """No training of its own: the row is the pruned start (``report["pruned"]``) of that variant's run."""
 
 
 VARIANTS: dict[str, Variant] = {v.key: v for v in (
@@ -86,6 +90,11 @@ VARIANTS: dict[str, Variant] = {v.key: v for v in (
     Variant("c", "(c) GD + TSD (TinyBERT-style)", ("tsd",), after_gd=True),
     Variant("d", "(d) GD + GED + TSD", ("ged", "tsd"), after_gd=True),
     Variant("e", "(e) GD + GED + TAD + TSD (ERNIE-Tiny)", ("ged", "tad", "tsd"), after_gd=True),
+    Variant("p", "(p) pruned from the fine-tuned teacher, before any training", (), after_gd=False, from_run="f"),
+    Variant("f", "(f) pruned + GD + GED + TAD + TSD", ("gd", "ged", "tad", "tsd"), after_gd=False,
+            settings={"student.init": "pruned"}),
+    Variant("g", "(g) (f) + augmented task data (transfer set) in TAD and TSD", ("gd", "ged", "tad", "tsd"),
+            after_gd=False, settings={"student.init": "pruned", "stages.tad.augment": True, "stages.tsd.augment": True}),
 )}
 GD_STAGE = "gd"
 
@@ -165,7 +174,8 @@ SCALES: dict[str, Scale] = {s.name: s for s in (
                                  "max_seq_length": 32},
             "student": {"num_hidden_layers": 2, "hidden_size": 24, "intermediate_size": 48,
                         "num_attention_heads": 4, "init": "random"},
-            "logging_steps": 1, "save_steps": 1000,
+            "logging_steps": 1, "save_steps": 1000, "augment": {"transfer": {"max_examples": 16}},
+            "student.prune": {"samples": 16, "max_seq_length": 32},
             **_schedule(*[dict(max_steps=3, batch_size=8, max_seq_length=32, learning_rate=1e-3)] * 4),
         },
         bench=Bench(warmup=1, iters=3, min_iters=2, max_time=5.0),
@@ -179,7 +189,7 @@ SCALES: dict[str, Scale] = {s.name: s for s in (
         settings={
             "task.glue_dir": _GLUE, "general.files": [_CORPUS],
             "teacher.finetune": {"epochs": 1, "learning_rate": 1e-4, "batch_size": 32, "max_seq_length": 64},
-            "logging_steps": 25, "save_steps": 200,
+            "logging_steps": 25, "save_steps": 200, "augment": {"transfer": {"max_examples": 12000}},
             **_schedule(
                 gd=dict(max_steps=300, batch_size=32, max_seq_length=64, learning_rate=5e-4),
                 ged=dict(max_steps=150, batch_size=32, max_seq_length=64, learning_rate=5e-4),
@@ -202,7 +212,7 @@ SCALES: dict[str, Scale] = {s.name: s for s in (
         settings={
             "task.glue_dir": _GLUE, "general.files": [_CORPUS],
             "teacher.finetune": {"epochs": 3, "learning_rate": 2e-5, "batch_size": 32, "max_seq_length": 128},
-            "logging_steps": 100, "save_steps": 1000,
+            "logging_steps": 100, "save_steps": 1000, "augment": {"transfer": {"max_examples": 100000}},
             **_schedule(
                 gd=dict(max_steps=4000, batch_size=64, max_seq_length=128, learning_rate=5e-4),
                 ged=dict(max_steps=2000, batch_size=64, max_seq_length=128, learning_rate=3e-4),
@@ -241,7 +251,7 @@ def variant_recipe(base: dict[str, Any], variant: Variant, gd_student: Path | No
     data["stages"] = [DERIVED_STAGES[n](stages) if n in DERIVED_STAGES else stages[n] for n in variant.stages]
     if variant.after_gd and gd_student is not None:
         data["student"] = {**data["student"], "init": "checkpoint", "checkpoint": str(gd_student)}
-    return data
+    return apply_overrides(data, copy.deepcopy(variant.settings))
 
 
 def gd_recipe(base: dict[str, Any]) -> dict[str, Any]:
@@ -271,18 +281,25 @@ class StageCache:
             src = self.finished.get(stage_key(recipe, i))
             if src is None:
                 break
-            dst = run_dir / stage.name
-            if not dst.exists():
-                tmp = run_dir / f".{stage.name}.copy"
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(src, tmp)
-                tmp.rename(dst)
+            if i == 0 and recipe.student.init == "pruned":  # the pruned start the copied stages grew from
+                _copy_dir(src.parent / PRUNED_DIR, run_dir / PRUNED_DIR)
+            _copy_dir(src, run_dir / stage.name)
             reused.append(stage.name)
         return reused
 
     def record(self, recipe: Recipe, run_dir: Path) -> None:
         for i, stage in enumerate(recipe.stages):
             self.finished.setdefault(stage_key(recipe, i), run_dir / stage.name)
+
+
+def _copy_dir(src: Path, dst: Path) -> None:
+    """Copy a finished folder under a temporary name, then rename (never a half-copied folder)."""
+    if dst.exists():
+        return
+    tmp = dst.with_name(f".{dst.name}.copy")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    tmp.rename(dst)
 
 
 # --------------------------------------------------------------------------- running
@@ -296,6 +313,13 @@ class Plan:
     out: Path
     teacher: str
     overrides: dict[str, Any]
+
+    @property
+    def trained(self) -> list[Variant]:
+        """The variants that train (a ``from_run`` row only reads its source run, trained for it if not listed)."""
+        keys = [v.key for v in self.variants if not v.from_run]
+        keys += [v.from_run for v in self.variants if v.from_run and v.from_run not in keys]
+        return [VARIANTS[k] for k in VARIANTS if k in keys]
 
     @property
     def teacher_name(self) -> str:
@@ -331,7 +355,7 @@ def run_plan(plan: Plan) -> dict[str, Any]:
     started = time.perf_counter()
     bases = {task: base_recipe(plan.scale, task, plan.teacher, plan.overrides) for task in plan.tasks}
     for task, base in bases.items():  # every recipe is checked before any training starts
-        for v in plan.variants:
+        for v in plan.trained:
             recipe_from_dict(variant_recipe(base, v, None))
         if any(v.after_gd for v in plan.variants):
             recipe_from_dict(gd_recipe(base))
@@ -346,7 +370,7 @@ def run_plan(plan: Plan) -> dict[str, Any]:
         if gd is None and any(v.after_gd for v in plan.variants):
             gd = distill(gd_recipe(base), plan.out / "gd", cache)
         runs[task] = {}
-        for v in plan.variants:
+        for v in plan.trained:
             gd_student = plan.out / "gd" / GD_STAGE if v.after_gd else None
             runs[task][v.key] = distill(variant_recipe(base, v, gd_student), plan.out / "runs" / task / v.key, cache)
     speed = measure_speed(plan, teachers, runs)
@@ -362,7 +386,7 @@ def measure_speed(plan: Plan, teachers: dict[str, dict], runs: dict[str, dict]) 
     Speed depends on shape, not weights, so one task's teacher and its last variant's student stand for all.
     """
     task = plan.tasks[0]
-    student_dir = runs[task][plan.variants[-1].key]["report"]["student"]["path"]
+    student_dir = runs[task][plan.trained[-1].key]["report"]["student"]["path"]
     b = plan.scale.bench
     try:
         from runtime.bench import Timing, build_points, run_benchmark
@@ -431,14 +455,19 @@ def build_results(plan: Plan, teachers: dict[str, dict], runs: dict[str, dict], 
              "train_seconds": round(sum(t["finetune_seconds"] for t in teachers.values()), 1)}]
     gd_seconds = sum(s["seconds"] for s in gd["report"]["stages"]) if gd else 0.0
     for v in plan.variants:
-        reports = {task: runs[task][v.key]["report"] for task in plan.tasks}
-        scores = {task: reports[task]["student"]["dev"].get(metrics[task]) for task in plan.tasks}
+        reports = {task: runs[task][v.from_run or v.key]["report"] for task in plan.tasks}
+        ends = {task: reports[task]["pruned"] if v.from_run else reports[task]["student"] for task in plan.tasks}
+        scores = {task: ends[task]["dev"].get(metrics[task]) for task in plan.tasks}
         avg = _mean(list(scores.values()))
-        own = sum(st["seconds"] for r in reports.values() for st in r["stages"])
+        own = sum(r["pruned"]["seconds"] if v.from_run else
+                  sum(st["seconds"] for st in r["stages"]) + ((r.get("pruned") or {}).get("seconds") or 0.0)
+                  for r in reports.values())
         rows.append({"key": v.key, "label": v.label, "stages": ([GD_STAGE] if v.after_gd else []) + list(v.stages),
-                     "params": reports[plan.tasks[0]]["student"]["params"], "scores": scores, "average": avg,
+                     "params": ends[plan.tasks[0]]["params"], "scores": scores, "average": avg,
                      "retention": avg / t_avg if avg is not None and t_avg else None,
-                     "retention_by_task": {t: reports[t]["retention"] for t in plan.tasks},
+                     "retention_by_task": {t: scores[t] / reports[t]["teacher"]["dev"][metrics[t]]
+                                           if scores[t] is not None and reports[t]["teacher"]["dev"].get(metrics[t])
+                                           else None for t in plan.tasks},
                      "speedup": speed.get("ratio"),
                      "train_seconds": round(own + (gd_seconds if v.after_gd else 0.0), 1)})
     trained_once = sum(st["seconds"] for by_variant in runs.values() for r in by_variant.values()

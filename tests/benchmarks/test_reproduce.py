@@ -41,7 +41,7 @@ def _finite(x) -> bool:
 def test_table_has_teacher_and_five_students_with_measured_numbers(tiny_run, reproduce):
     out, results = tiny_run
     rows = {r["key"]: r for r in results["rows"]}
-    assert list(rows) == ["teacher", "a", "b", "c", "d", "e"]
+    assert list(rows) == ["teacher", "a", "b", "c", "d", "e", "p", "f", "g"]
     for row in rows.values():
         assert _finite(row["scores"]["sst2"]) and 0.0 <= row["scores"]["sst2"] <= 1.0
         assert row["average"] == row["scores"]["sst2"]
@@ -49,8 +49,10 @@ def test_table_has_teacher_and_five_students_with_measured_numbers(tiny_run, rep
         assert isinstance(row["params"], int) and row["params"] > 0
         assert _finite(row["speedup"]) and row["speedup"] > 0
     assert rows["teacher"]["retention"] == 1.0
-    students = [rows[k] for k in "abcde"]
+    students = [rows[k] for k in "abcdefgp"]
     assert len({r["params"] for r in students}) == 1, "all students must have one shape"
+    f_report = json.loads((out / "runs" / "sst2" / "f" / "report.json").read_text())
+    assert rows["p"]["scores"]["sst2"] == f_report["pruned"]["dev"]["accuracy"]  # (p) is (f)'s start, untrained
     assert rows["a"]["retention"] == pytest.approx(rows["a"]["scores"]["sst2"] / rows["teacher"]["scores"]["sst2"])
     assert results["speed"]["batch"] == 8 and results["speed"]["seq"] == 128
     assert results["speed"]["teacher"]["throughput"] > 0 and results["speed"]["student"]["throughput"] > 0
@@ -69,10 +71,18 @@ def test_table_has_teacher_and_five_students_with_measured_numbers(tiny_run, rep
 def test_students_get_their_stages_and_share_gd_and_ged(tiny_run):
     out, results = tiny_run
     runs = out / "runs" / "sst2"
-    reports = {k: json.loads((runs / k / "report.json").read_text()) for k in "abcde"}
-    recipes = {k: yaml.safe_load((runs / k / "recipe.yaml").read_text()) for k in "abcde"}
+    reports = {k: json.loads((runs / k / "report.json").read_text()) for k in "abcdefg"}
+    recipes = {k: yaml.safe_load((runs / k / "recipe.yaml").read_text()) for k in "abcdefg"}
     assert {k: [s["name"] for s in r["stages"]] for k, r in reports.items()} == {
-        "a": ["direct"], "b": ["tsd"], "c": ["tsd"], "d": ["ged", "tsd"], "e": ["ged", "tad", "tsd"]}
+        "a": ["direct"], "b": ["tsd"], "c": ["tsd"], "d": ["ged", "tsd"], "e": ["ged", "tad", "tsd"],
+        "f": ["gd", "ged", "tad", "tsd"], "g": ["gd", "ged", "tad", "tsd"]}
+    assert not (runs / "p").exists()  # (p) reads (f)'s pruned start
+    assert recipes["f"]["student"]["init"] == recipes["g"]["student"]["init"] == "pruned"
+    # (g) = (f) + the transfer set in TAD and TSD: GD and GED shared with (f), the pruned start copied
+    assert results["runs"]["sst2"]["g"]["reused_stages"] == ["gd", "ged"]
+    assert [s.get("augment", False) for s in recipes["g"]["stages"]] == [False, False, True, True]
+    assert reports["g"]["stages"][3]["rows"] == {"task": 64, "transfer": 16}
+    assert (runs / "g" / "pruned" / "prune.json").read_text() == (runs / "f" / "pruned" / "prune.json").read_text()
     assert reports["a"]["stages"][0]["losses"] == {"hard": 1.0}
     assert reports["b"]["stages"][0]["losses"] == reports["c"]["stages"][0]["losses"]
     assert {"soft", "hard", "hidden"} <= set(reports["b"]["stages"][0]["losses"])
