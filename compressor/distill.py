@@ -88,6 +88,7 @@ class Run:
 
     def __post_init__(self) -> None:
         self.state = process_state()
+        self.device = self.state.device  # teachers live (and are evaluated) where training runs
         self.task: Task = task_spec(self.recipe.task)
         self.tokenizer = AutoTokenizer.from_pretrained(self.recipe.teacher.finetuned or self.recipe.teacher.pretrained)
         with self.state.main_process_first():
@@ -136,7 +137,7 @@ class Run:
                 model = AutoModelForSequenceClassification.from_pretrained(self.ensure_finetuned())
             else:
                 model = AutoModel.from_pretrained(self.recipe.teacher.pretrained)
-            self._teachers[kind] = model.eval()
+            self._teachers[kind] = model.eval().to(self.device)
         return self._teachers[kind]
 
     def teacher_dev(self) -> dict[str, float]:

@@ -226,3 +226,20 @@ def test_an_mpnet_teacher_runs_all_four_stages(tmp_path, tiny_bert_dir, tiny_rec
                  tmp_path / "run")
     assert [s["name"] for s in report["stages"]] == ["gd", "ged", "tad", "tsd"]
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "final").config.model_type == "bert"
+
+
+def test_teacher_dev_metrics_run_on_the_training_device(tmp_path, tiny_bert_dir, tiny_recipe, write_recipe, monkeypatch):
+    """The teacher is evaluated where training runs (CUDA on a GPU machine), not on the CPU it was loaded on.
+    Here the training device is faked as ``meta`` and evaluation is replaced by a probe of the model's device."""
+    import torch
+
+    import compressor.distill as distill
+
+    recipe = load_recipe(write_recipe(tmp_path, tiny_recipe(tiny_bert_dir, finetuned=tiny_bert_dir)))
+    r = distill.Run(recipe, tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    r.device = torch.device("meta")
+    seen = []
+    monkeypatch.setattr(distill, "evaluate", lambda model, *a, **k: seen.append(next(model.parameters()).device) or {"accuracy": 0.5})
+    assert r.teacher_dev() == {"accuracy": 0.5}
+    assert seen == [torch.device("meta")]
