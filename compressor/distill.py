@@ -27,7 +27,7 @@ from transformers import (AutoConfig, AutoModel, AutoModelForSequenceClassificat
 from transformers.trainer_utils import get_last_checkpoint
 
 from compressor.config import ConfigError, Recipe, StageConfig, load_recipe
-from compressor.data import DataError, general_blocks, load_task_data, task_spec, tokenize_task
+from compressor.data import DataError, general_corpus, load_task_data, task_spec, tokenize_task
 from compressor.finetune import finetune_teacher
 from compressor.io import read_json, write_json_atomic
 from compressor.metrics import evaluate
@@ -150,9 +150,9 @@ class Run:
     # ----------------------------------------------------------------- stages
 
     def train_data(self, stage: StageConfig):
-        if stage.data == "general":
-            g = self.recipe.general
-            return general_blocks(g.files, self.tokenizer, stage.max_seq_length, g.max_blocks, seed=self.recipe.seed)
+        if stage.data == "general":  # built once by each machine's first process, read from disk by all
+            with self.state.local_main_process_first():
+                return general_corpus(self.recipe.general, self.tokenizer, stage.max_seq_length)
         return self.tokenized(stage.max_seq_length)["train"]
 
     def stage_start(self, index: int):
