@@ -15,6 +15,7 @@ precision off nothing is cast.
 from __future__ import annotations
 
 import inspect
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -128,12 +129,20 @@ def mixed_precision(recipe: Recipe) -> dict[str, bool]:
     return {"bf16": bf16, "fp16": bool(on and not bf16)}
 
 
+def warmup_arguments(ratio: float) -> dict[str, float]:
+    """A warm-up fraction as TrainingArguments keywords: ``warmup_ratio`` up to transformers 4.x; 5.x dropped it
+    and reads a ``warmup_steps`` below 1 as the fraction."""
+    if "warmup_ratio" in TrainingArguments.__dataclass_fields__:
+        return {"warmup_ratio": ratio}
+    return {"warmup_steps": ratio}
+
+
 def distill_arguments(output_dir: str | Path, stage: StageConfig, recipe: Recipe, **overrides: Any) -> TrainingArguments:
     """One stage's schedule as TrainingArguments: warm-up + linear decay, step checkpoints, TensorBoard logs."""
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir), num_train_epochs=stage.epochs, max_steps=stage.max_steps,
         learning_rate=stage.learning_rate, per_device_train_batch_size=stage.batch_size,
-        warmup_ratio=stage.warmup_ratio, weight_decay=stage.weight_decay, lr_scheduler_type="linear",
+        **warmup_arguments(stage.warmup_ratio), weight_decay=stage.weight_decay, lr_scheduler_type="linear",
         eval_strategy="no", save_strategy="steps", save_steps=recipe.save_steps, save_total_limit=1,
         logging_steps=recipe.logging_steps, logging_dir=str(Path(output_dir) / "logs"), report_to=["tensorboard"],
         seed=recipe.seed, remove_unused_columns=False, dataloader_num_workers=0,
@@ -141,4 +150,9 @@ def distill_arguments(output_dir: str | Path, stage: StageConfig, recipe: Recipe
         use_cpu=not torch.cuda.is_available(), **mixed_precision(recipe),
     )
     kwargs.update(overrides)
+    fields = TrainingArguments.__dataclass_fields__
+    if "logging_dir" not in fields:  # transformers 5: TensorBoard reads its folder from the environment
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(kwargs.pop("logging_dir"))
+    if "save_safetensors" not in fields:  # transformers 5 always saves safetensors
+        kwargs.pop("save_safetensors")
     return TrainingArguments(**kwargs)

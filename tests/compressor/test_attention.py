@@ -16,16 +16,24 @@ def _model(kind: str):
     return BertModel(BertConfig(**common), add_pooling_layer=False).eval()
 
 
+def _eager_copy(model, folder):
+    """The same weights with eager attention everywhere: the reference ``output_attentions=True`` maps
+    (transformers 5 returns none from SDPA layers)."""
+    model.save_pretrained(folder)
+    return type(model).from_pretrained(folder, attn_implementation="eager").eval()
+
+
 @pytest.mark.parametrize("kind", ["bert", "mpnet"])
-def test_chosen_layers_maps_equal_output_attentions_and_others_are_none(kind, tiny_bert_dir):
+def test_chosen_layers_maps_equal_output_attentions_and_others_are_none(kind, tiny_bert_dir, tmp_path):
     model = _model(kind)
+    eager = _eager_copy(model, tmp_path)
     batch = AutoTokenizer.from_pretrained(tiny_bert_dir)(["a short one", "a much longer sentence with padding after"],
                                                          padding=True, return_tensors="pt")
     if kind == "mpnet":
         batch.pop("token_type_ids")
     assert len(self_attention_modules(model)) == 3
     with torch.no_grad():
-        ref = model(**batch, output_attentions=True, output_hidden_states=True)
+        ref = eager(**batch, output_attentions=True, output_hidden_states=True)
         out = forward_with_attentions(model, [2], **batch, output_hidden_states=True)
     assert out.attentions[0] is None and out.attentions[2] is None
     torch.testing.assert_close(out.attentions[1], ref.attentions[1], rtol=0, atol=1e-6)

@@ -8,6 +8,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
+from compressor.attention import forward_with_attentions
 from compressor.config import Recipe, StageConfig, StudentConfig
 from compressor.losses import Outputs, needs
 from compressor.student import build_student, layer_map, make_projections
@@ -91,7 +92,7 @@ def test_latent_only_module_runs_without_labels(parts):
     module = _module(teacher, {"hidden": 1.0, "attention": 2.0})
     batch = DataCollatorWithPadding(tokenizer)([{k: v for k, v in data[i].items() if k != "labels"} for i in range(2)])
     with torch.no_grad():
-        t = teacher(**batch, output_hidden_states=True, output_attentions=True)
+        t = forward_with_attentions(teacher, module.layer_map, **batch, output_hidden_states=True)
     out = module(teacher=Outputs.of(t), **batch)
     assert set(out) == {"hidden", "attention", "loss"}
     assert out["loss"].item() == pytest.approx(out["hidden"].item() + 2 * out["attention"].item(), rel=1e-6)
