@@ -336,3 +336,35 @@ def general_corpus(cfg: GeneralDataConfig, tokenizer, block_size: int) -> datase
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return datasets.load_from_disk(str(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m compressor.data --config RECIPE [overrides]``: pack the recipe's general corpus for each general
+    stage's block size ahead of a ``torchrun`` job, whose other ranks would otherwise wait for the build at a
+    barrier (30 minutes at most by default): a Wikipedia-scale first build is worth running on its own."""
+    import argparse
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from compressor.config import ConfigError, load_recipe
+
+    p = argparse.ArgumentParser(prog="python -m compressor.data",
+                                description="Pack a recipe's general corpus once, ahead of training.")
+    p.add_argument("--config", required=True)
+    args, overrides = p.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        recipe = load_recipe(args.config, overrides)
+        tokenizer = AutoTokenizer.from_pretrained(recipe.teacher.finetuned or recipe.teacher.pretrained)
+        for size in sorted({s.max_seq_length for s in recipe.stages if s.data == "general"}):
+            blocks = general_corpus(recipe.general, tokenizer, size)
+            print(f"{len(blocks)} blocks of {size} tokens: {packed_path(recipe.general, tokenizer, size)}")
+    except (ConfigError, DataError, OSError) as exc:
+        print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 from collections import Counter
 
 import datasets
@@ -184,3 +185,14 @@ def test_metrics_against_hand_values():
     assert m["f1"] == pytest.approx(0.8)  # precision 2/3, recall 1
     stsb = compute_metrics(GLUE_TASKS["stsb"], np.array([[1.0], [2.0], [3.0]]), np.array([2.0, 4.0, 6.0]))
     assert stsb["pearson"] == pytest.approx(1.0) and stsb["spearmanr"] == pytest.approx(1.0)
+
+
+def test_packing_ahead_of_a_torchrun_job_from_the_command_line(tmp_path, capsys, tiny_bert_dir, tiny_recipe, write_recipe):
+    from compressor.data import main
+
+    config = write_recipe(tmp_path, tiny_recipe(tiny_bert_dir))
+    assert main(["--config", str(config), "--general.max_blocks", "50"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("50 blocks of 32 tokens: ") and Path(out.split(": ")[1]).is_dir()
+    assert main(["--config", str(config), "--general.files", "[/no/such.txt]"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: general corpus file /no/such.txt does not exist")
