@@ -20,8 +20,9 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# the demo recipe on ../shared/data; where that folder is absent, SST-2 and WikiText-103 from the hub (compressor/demo.py)
 demo: install
-	$(PY) -m compressor.distill --config compressor/configs/demo.yaml --output-dir $(OUT)
+	$(PY) -m compressor.demo --output-dir $(OUT)
 
 test: install
 	$(PY) -m pytest -ra $(PYTEST_ARGS)

@@ -33,8 +33,8 @@ from typing import Any, Iterator
 
 import datasets
 
-from compressor.config import AugmentConfig, MLMConfig, TransferConfig
-from compressor.data import TEXT_COLUMNS, DataError
+from compressor.config import AugmentConfig, GeneralDataConfig, MLMConfig, TransferConfig
+from compressor.data import TEXT_COLUMNS, DataError, general_texts
 from compressor.losses import NO_LABEL
 from compressor.tasks import Task
 
@@ -82,9 +82,9 @@ def _table_rows(files: list[str], columns: list[str]) -> Iterator[tuple[str, ...
             yield values
 
 
-def transfer_candidates(cfg: TransferConfig, general_files: list[str], pair: bool) -> Iterator[tuple[str, ...]]:
+def transfer_candidates(cfg: TransferConfig, general: GeneralDataConfig, pair: bool) -> Iterator[tuple[str, ...]]:
     """Candidate examples in file order: 1-tuples for single-sentence tasks, 2-tuples for pair tasks."""
-    files = general_files if cfg.source == "general" else cfg.files
+    files = cfg.files
     table = cfg.source == "files" and Path(files[0]).suffix.lower() in (".tsv", ".csv", ".json", ".jsonl")
     if table:
         if not cfg.column:
@@ -98,7 +98,7 @@ def transfer_candidates(cfg: TransferConfig, general_files: list[str], pair: boo
             if all(cfg.min_words <= len(text.split()) <= cfg.max_words for text in row):
                 yield row
         return
-    for line in _text_lines(files):
+    for line in general_texts(general) if cfg.source == "general" else _text_lines(files):
         sentences = [s for s in split_sentences(line) if cfg.min_words <= len(s.split()) <= cfg.max_words]
         if pair:
             yield from zip(sentences, sentences[1:])
@@ -106,12 +106,12 @@ def transfer_candidates(cfg: TransferConfig, general_files: list[str], pair: boo
             yield from ((s,) for s in sentences)
 
 
-def transfer_set(cfg: TransferConfig, general_files: list[str], pair: bool, seed: int) -> list[tuple[str, ...]]:
+def transfer_set(cfg: TransferConfig, general: GeneralDataConfig, pair: bool, seed: int) -> list[tuple[str, ...]]:
     """``max_examples`` examples sampled with ``seed`` from the first ``CANDIDATES_PER_EXAMPLE * max_examples``
     candidates (a corpus of any size is read only that far)."""
     wanted = cfg.max_examples * CANDIDATES_PER_EXAMPLE
     pool: list[tuple[str, ...]] = []
-    for example in transfer_candidates(cfg, general_files, pair):
+    for example in transfer_candidates(cfg, general, pair):
         pool.append(example)
         if len(pool) >= wanted:
             break
@@ -193,27 +193,29 @@ def mlm_copies(cfg: MLMConfig, examples: list[tuple[str, ...]], seed: int) -> li
 # --------------------------------------------------------------------------- the augmented set
 
 
-def fingerprint(cfg: AugmentConfig, task_train: datasets.Dataset, general_files: list[str], seed: int) -> str:
+def fingerprint(cfg: AugmentConfig, task_train: datasets.Dataset, general: GeneralDataConfig, seed: int) -> str:
     """What the augmented set depends on: the recipe's ``augment`` block, the task's training rows (datasets'
-    own fingerprint of the loaded, sliced, normalised split), the corpus files (name, size) and the seed."""
-    files = [(Path(f).name, Path(f).stat().st_size) for f in general_files if Path(f).is_file()]
+    own fingerprint of the loaded, sliced, normalised split), the general corpus (files by name and size, or
+    the hub dataset's name) and the seed."""
+    corpus = {"files": [(Path(f).name, Path(f).stat().st_size) for f in general.files if Path(f).is_file()],
+              "dataset": [general.dataset, general.dataset_config, general.split, general.text_column]}
     blob = json.dumps({"augment": dataclasses.asdict(cfg), "task": task_train._fingerprint, "rows": len(task_train),
-                       "general": files, "seed": seed}, sort_keys=True)
+                       "general": corpus, "seed": seed}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def build(cfg: AugmentConfig, task_train: datasets.Dataset, task: Task, general_files: list[str], seed: int,
+def build(cfg: AugmentConfig, task_train: datasets.Dataset, task: Task, general: GeneralDataConfig, seed: int,
           cache_dir: str | Path) -> datasets.Dataset:
     """The augmented rows (columns text_a, [text_b,] label, source), generated once and cached under
     ``cache_dir/augment-<fingerprint>``; a later call with the same inputs loads them from there."""
-    folder = Path(cache_dir) / f"augment-{fingerprint(cfg, task_train, general_files, seed)}"
+    folder = Path(cache_dir) / f"augment-{fingerprint(cfg, task_train, general, seed)}"
     if (folder / "dataset_info.json").is_file():
         log.info("augmented data: reusing %s", folder)
         return datasets.load_from_disk(str(folder))
     pair = task.is_pair
     rows: dict[str, list[tuple[str, ...]]] = {}
     if cfg.transfer is not None:
-        rows["transfer"] = transfer_set(cfg.transfer, general_files, pair, seed)
+        rows["transfer"] = transfer_set(cfg.transfer, general, pair, seed)
     if cfg.mlm is not None:
         originals = [tuple(r[c] for c in TEXT_COLUMNS[: 2 if pair else 1]) for r in task_train]
         if cfg.mlm.max_examples is not None:

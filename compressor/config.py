@@ -141,11 +141,25 @@ class TaskConfig:
 
 @dataclass
 class GeneralDataConfig:
-    """Plain-text corpus for GD and GED: streamed, tokenised and packed into fixed-length blocks."""
+    """Unlabelled text for GD and GED: local files or a hub dataset, tokenised and packed into fixed-length
+    blocks once (in parallel), cached on disk and memory-mapped (see ``data.general_corpus``)."""
 
     files: list[str] = field(default_factory=list)
+    """Plain-text files (``.txt``, ``.gz``), one paragraph per line; or leave empty and name ``dataset``."""
+    dataset: str | None = None
+    """A hub dataset id (or local dataset folder), e.g. ``wikimedia/wikipedia``; read when the stage runs."""
+    dataset_config: str | None = None
+    """Its configuration, e.g. ``20231101.en``."""
+    split: str = "train"
+    text_column: str = "text"
+    streaming: bool = True
+    """Read the hub dataset as a stream (no full download); ``false`` downloads the split first."""
     max_blocks: int | None = None
     """Stop after this many packed blocks (``None``: the whole corpus)."""
+    num_proc: int | None = None
+    """Processes that tokenise (``None``: one per CPU core)."""
+    cache_dir: str | None = None
+    """Where packed corpora are kept (``None``: ``compressor_packed/`` in the ``datasets`` cache)."""
 
 
 @dataclass
@@ -399,8 +413,9 @@ def validate(recipe: Recipe) -> None:
             raise ConfigError(f"{where}: soft/hard-label losses need task data (data: task); general text has no labels")
         if st.data == "general" and st.max_steps <= 0:
             raise ConfigError(f"{where}: general-corpus stages are streamed; set max_steps (e.g. max_steps: 1000)")
-        if st.data == "general" and not recipe.general.files:
-            raise ConfigError(f"{where} reads the general corpus but general.files is empty; list corpus files")
+        if st.data == "general" and not (recipe.general.files or recipe.general.dataset):
+            raise ConfigError(f"{where} reads the general corpus but general.files is empty and general.dataset unset; "
+                              f"list text files or name a hub dataset (e.g. general.dataset: wikimedia/wikipedia)")
         if st.temperature <= 0:
             raise ConfigError(f"{where}: temperature must be positive")
         if st.augment and st.data != "task":
@@ -410,9 +425,16 @@ def validate(recipe: Recipe) -> None:
                               f"declare one under 'augment:' or set augment: false")
     if recipe.augment is not None:
         _validate_augment(recipe)
-    for f in recipe.general.files:
+    g = recipe.general
+    if g.files and g.dataset:
+        raise ConfigError("general.files and general.dataset are both set; keep one (files: [] to read the dataset)")
+    for f in g.files:
         if not Path(f).is_file():
             raise ConfigError(f"general corpus file {f} does not exist; fix general.files")
+    if g.max_blocks is not None and g.max_blocks < 1:
+        raise ConfigError(f"general.max_blocks must be positive or null, got {g.max_blocks}")
+    if g.num_proc is not None and g.num_proc < 1:
+        raise ConfigError(f"general.num_proc must be positive or null, got {g.num_proc}")
 
 
 def _validate_prune(s: StudentConfig, recipe: Recipe) -> None:
@@ -423,9 +445,9 @@ def _validate_prune(s: StudentConfig, recipe: Recipe) -> None:
         raise ConfigError(f"student.prune.layers must be one of {', '.join(PRUNE_LAYER_CHOICES)}, got {p.layers!r}")
     if p.calibration not in DATA_KINDS:
         raise ConfigError(f"student.prune.calibration must be one of {', '.join(DATA_KINDS)}, got {p.calibration!r}")
-    if p.calibration == "general" and not recipe.general.files:
-        raise ConfigError("student.prune.calibration is 'general' but general.files is empty; list corpus files "
-                          "or calibrate on task data")
+    if p.calibration == "general" and not (recipe.general.files or recipe.general.dataset):
+        raise ConfigError("student.prune.calibration is 'general' but the recipe has no general corpus (general.files "
+                          "or general.dataset); name one or calibrate on task data")
     for key in ("samples", "batch_size", "max_seq_length"):
         if getattr(p, key) < 1:
             raise ConfigError(f"student.prune.{key} must be at least 1, got {getattr(p, key)}")
@@ -437,9 +459,9 @@ def _validate_augment(recipe: Recipe) -> None:
         t = a.transfer
         if t.source not in TRANSFER_SOURCES:
             raise ConfigError(f"augment.transfer.source must be one of {', '.join(TRANSFER_SOURCES)}, got {t.source!r}")
-        if t.source == "general" and not recipe.general.files:
-            raise ConfigError("augment.transfer.source is 'general' but general.files is empty; list corpus files "
-                              "or use source: files with augment.transfer.files")
+        if t.source == "general" and not (recipe.general.files or recipe.general.dataset):
+            raise ConfigError("augment.transfer.source is 'general' but the recipe has no general corpus (general.files "
+                              "or general.dataset); name one, or use source: files with augment.transfer.files")
         if t.source == "files":
             if not t.files:
                 raise ConfigError("augment.transfer.source is 'files' but augment.transfer.files is empty; list text files")

@@ -1,4 +1,4 @@
-"""Task data (GLUE by name, or CSV/JSON/TSV files) and the streamed, packed general corpus.
+"""Task data (GLUE by name, or CSV/JSON/TSV files) and the packed general corpus (local text files or a hub dataset).
 
 Everything goes through ``datasets`` so tokenisation is cached on disk and a corpus of any size streams.
 Task data is normalised to the columns ``text_a``, optional ``text_b`` and ``label`` (int class id, or
@@ -7,14 +7,19 @@ float for regression) whatever its source, so the rest of the package never sees
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
+import math
+import os
+import shutil
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import datasets
 
-from compressor.config import TaskConfig
+from compressor.config import GeneralDataConfig, TaskConfig
 from compressor.tasks import GLUE_TASKS, Task
 
 log = logging.getLogger(__name__)
@@ -25,6 +30,10 @@ TEXT_COLUMNS = ("text_a", "text_b")
 
 class DataError(ValueError):
     """Unreadable or mis-described data; the message is one line that names the fix."""
+
+
+class HubUnreachable(DataError):
+    """A dataset named by hub id could not be read (offline, or no such dataset/config)."""
 
 
 # --------------------------------------------------------------------------- task description
@@ -87,7 +96,7 @@ def _read_glue_dir(task: Task, glue_dir: str) -> datasets.DatasetDict:
 
 
 def _read_glue_hub(task: Task) -> datasets.DatasetDict:
-    dsd = datasets.load_dataset(HUB_GLUE, task.name)
+    dsd = _hub(f"{HUB_GLUE} ({task.name})", lambda: datasets.load_dataset(HUB_GLUE, task.name))
     val = "validation_matched" if task.name == "mnli" else "validation"
     dsd = datasets.DatasetDict(train=dsd["train"], validation=dsd[val])
     hub_cols = task.hub_text_columns or task.text_columns
@@ -177,36 +186,192 @@ def tokenize_task(dsd: datasets.DatasetDict, tokenizer, max_seq_length: int) -> 
     return out
 
 
-def general_blocks(files: list[str], tokenizer, block_size: int, max_blocks: int | None = None,
-                   seed: int = 0, shuffle_buffer: int = 2048) -> datasets.IterableDataset:
-    """Stream plain-text files (``.gz`` too), tokenise and pack into ``[CLS] ... [SEP]`` blocks of ``block_size``.
+# --------------------------------------------------------------------------- the general corpus
 
-    Nothing is materialised, so a corpus of hundreds of GB reads the same way as the demo's 22 MB; a
-    shuffle buffer mixes neighbouring blocks. Blank lines (document breaks) are skipped.
-    """
-    for f in files:
-        if not Path(f).is_file():
-            raise DataError(f"general corpus file {f} does not exist; fix general.files in the recipe")
+PACKED_FORMAT = 1
+"""Bumped whenever the packed layout changes, so old caches are not read."""
+PACKED_FEATURES = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32"))})
+
+
+def pack_blocks(tokenizer, block_size: int) -> Callable[[list[str]], dict[str, list]]:
+    """``texts -> {"input_ids": blocks}``: tokenise, concatenate, cut into ``[CLS] ... [SEP]`` blocks of
+    ``block_size``. Blank lines (document breaks) are skipped; the tail shorter than a block is dropped.
+    Only ids are stored: the collator adds the (all-ones) attention mask, BERT defaults token types to 0."""
     if block_size < 8:
         raise DataError(f"block size {block_size} is too small; use max_seq_length >= 8")
-    body = block_size - 2
-    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    body, cls_id, sep_id = block_size - 2, tokenizer.cls_token_id, tokenizer.sep_token_id
 
-    def tokenize(batch: dict[str, list]) -> dict[str, list]:
-        return {"ids": tokenizer([t for t in batch["text"]], add_special_tokens=False)["input_ids"]}
+    def pack(texts: list[str]) -> dict[str, list]:
+        ids = tokenizer([t for t in texts if t and t.strip()], add_special_tokens=False)["input_ids"]
+        flat = list(chain.from_iterable(ids))
+        return {"input_ids": [[cls_id, *flat[i:i + body], sep_id] for i in range(0, len(flat) - body + 1, body)]}
 
-    def pack(batch: dict[str, list]) -> dict[str, list]:
-        flat = list(chain.from_iterable(batch["ids"]))
-        chunks = [flat[i:i + body] for i in range(0, len(flat) - body + 1, body)]
-        ids = [[cls_id, *c, sep_id] for c in chunks]
-        out = {"input_ids": ids, "attention_mask": [[1] * block_size for _ in ids]}
-        if "token_type_ids" in tokenizer.model_input_names:  # BERT-style tokenizers only (not MPNet)
-            out["token_type_ids"] = [[0] * block_size for _ in ids]
-        return out
+    return pack
 
-    stream = datasets.load_dataset("text", data_files=[str(f) for f in files], split="train", streaming=True)
-    stream = stream.filter(lambda r: bool(r["text"].strip()))
-    stream = stream.map(tokenize, batched=True, batch_size=256, remove_columns=["text"])
-    stream = stream.map(pack, batched=True, batch_size=256, remove_columns=["ids"])
-    stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer)
-    return stream.take(max_blocks) if max_blocks else stream
+
+def _hub(what: str, load: Callable[[], Any]) -> Any:
+    """Run a hub load; an unreachable hub or unknown name becomes one line naming the fix."""
+    try:
+        return load()
+    except (ConnectionError, OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HubUnreachable(f"cannot read {what} from the Hugging Face hub ({reason}); check the name, go online, "
+                             f"or use local files instead") from None
+
+
+def _source(cfg: GeneralDataConfig, streaming: bool):
+    """The raw text as a ``datasets`` (Iterable)Dataset with a ``text`` column of one paragraph per row."""
+    if cfg.files:
+        for f in cfg.files:
+            if not Path(f).is_file():
+                raise DataError(f"general corpus file {f} does not exist; fix general.files in the recipe")
+        return datasets.load_dataset("text", data_files=[str(f) for f in cfg.files], split="train", streaming=streaming)
+    what = f"{cfg.dataset}" + (f" ({cfg.dataset_config})" if cfg.dataset_config else "")
+    ds = _hub(what, lambda: datasets.load_dataset(cfg.dataset, cfg.dataset_config, split=cfg.split, streaming=streaming))
+    columns = ds.column_names
+    if columns is None:  # a stream whose features the hub does not list: look at its first row
+        columns = list(next(iter(ds), None) or {})
+    if cfg.text_column not in columns:
+        raise DataError(f"{what} has no column {cfg.text_column!r} (columns: {', '.join(columns)}); set general.text_column")
+    return ds.select_columns([cfg.text_column]).rename_columns({cfg.text_column: "text"}) if cfg.text_column != "text" else ds
+
+
+def general_texts(cfg: GeneralDataConfig) -> Iterator[str]:
+    """The general corpus's raw paragraphs in order, streamed (files or hub dataset); blank ones skipped."""
+    for row in _source(cfg, streaming=True):
+        if row["text"] and row["text"].strip():
+            yield row["text"]
+
+
+def _tokenizer_identity(tokenizer) -> str:
+    """What decides the ids: the fast tokenizer's definition (minus its run-time truncation/padding state)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        text = json.dumps(spec, sort_keys=True)
+    else:
+        text = datasets.fingerprint.Hasher.hash(tokenizer)
+    return hashlib.sha256(f"{type(tokenizer).__name__}|{tokenizer.cls_token_id}|{tokenizer.sep_token_id}|{text}".encode()).hexdigest()
+
+
+def packed_path(cfg: GeneralDataConfig, tokenizer, block_size: int) -> Path:
+    """Where the packed corpus for (source, tokenizer, block size[, max_blocks]) lives; a local file counts as
+    changed when its size or modification time does."""
+    if cfg.files:
+        source: dict[str, Any] = {"files": [(str(Path(f).resolve()), Path(f).stat().st_size, Path(f).stat().st_mtime_ns)
+                                            for f in cfg.files]}
+        name = Path(cfg.files[0]).name.split(".")[0]
+    else:
+        source = {"dataset": cfg.dataset, "config": cfg.dataset_config, "split": cfg.split, "column": cfg.text_column,
+                  "streaming": cfg.streaming}
+        name = "-".join(p for p in (cfg.dataset.replace("/", "_"), cfg.dataset_config) if p)
+    key = {"format": PACKED_FORMAT, "source": source, "tokenizer": _tokenizer_identity(tokenizer),
+           "block_size": block_size, "max_blocks": cfg.max_blocks}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else Path(datasets.config.HF_DATASETS_CACHE) / "compressor_packed"
+    limit = f"-n{cfg.max_blocks}" if cfg.max_blocks else ""
+    return root / f"{name}-b{block_size}{limit}-{digest}"
+
+
+def _processes(cfg: GeneralDataConfig) -> int:
+    return cfg.num_proc or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def _build_streamed(cfg: GeneralDataConfig, tokenizer, block_size: int, work: Path) -> datasets.Dataset:
+    """Stream the source until ``max_blocks`` (or its end), one process per group of its shards (files, parquet
+    files); each process tokenises and packs its own part, written as Arrow by ``Dataset.from_generator``."""
+    shards = _source(cfg, streaming=True).num_shards
+    procs = max(1, min(_processes(cfg), shards))
+    limit = math.ceil(cfg.max_blocks / procs) if cfg.max_blocks else None
+    pack = pack_blocks(tokenizer, block_size)
+
+    def blocks(part: list[int]):
+        for index in part:
+            stream = _source(cfg, streaming=True).shard(num_shards=procs, index=index)
+            made = 0
+            for batch in stream.iter(batch_size=1000):
+                for ids in pack(batch["text"])["input_ids"]:
+                    yield {"input_ids": ids}
+                    made += 1
+                    if limit and made >= limit:
+                        return
+
+    ds = datasets.Dataset.from_generator(blocks, features=PACKED_FEATURES, cache_dir=str(work), num_proc=procs if procs > 1 else None,
+                                         gen_kwargs={"part": list(range(procs))}, fingerprint=work.name)
+    return ds.select(range(cfg.max_blocks)) if cfg.max_blocks and len(ds) > cfg.max_blocks else ds
+
+
+def _build_mapped(cfg: GeneralDataConfig, tokenizer, block_size: int, work: Path) -> datasets.Dataset:
+    """The whole source as an Arrow table, tokenised and packed by ``map`` in ``num_proc`` processes."""
+    raw = _source(cfg, streaming=False)
+    pack = pack_blocks(tokenizer, block_size)
+    procs = max(1, min(_processes(cfg), len(raw) // 1000 or 1))
+    ds = raw.map(lambda batch: pack(batch["text"]), batched=True, batch_size=1000, remove_columns=raw.column_names,
+                 features=PACKED_FEATURES, num_proc=procs if procs > 1 else None, cache_file_name=str(work / "blocks.arrow"),
+                 desc=f"tokenising and packing the general corpus (blocks of {block_size})")
+    return ds.select(range(cfg.max_blocks)) if cfg.max_blocks and len(ds) > cfg.max_blocks else ds
+
+
+def general_corpus(cfg: GeneralDataConfig, tokenizer, block_size: int) -> datasets.Dataset:
+    """The general corpus as packed blocks of ``block_size`` token ids, built once and memory-mapped after that.
+
+    Built in parallel (``num_proc`` processes) into a temp folder and renamed into place, so a killed build
+    leaves nothing half-written; later stages and runs with the same source, tokenizer and block size read
+    it from disk. A map-style dataset: the Trainer shuffles all of it, DDP ranks draw disjoint indices, and a
+    resumed stage skips the batches it had trained on through the sampler, without reading them.
+    ``max_blocks`` (or a streamed hub dataset) reads the source as a stream, stopping after that many blocks.
+    """
+    path = packed_path(cfg, tokenizer, block_size)
+    if not (path / "dataset_info.json").is_file():
+        work = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        try:
+            streamed = cfg.max_blocks is not None or (cfg.dataset is not None and cfg.streaming)
+            built = (_build_streamed if streamed else _build_mapped)(cfg, tokenizer, block_size, work)
+            if len(built) == 0:
+                raise DataError(f"the general corpus gave no block of {block_size} tokens; give more text or a smaller max_seq_length")
+            built.save_to_disk(str(work / "packed"))
+            try:
+                (work / "packed").rename(path)
+            except OSError:  # another process finished the same build first: keep its copy
+                if not (path / "dataset_info.json").is_file():
+                    raise
+            log.info("general corpus: %d blocks of %d tokens in %s", len(built), block_size, path)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return datasets.load_from_disk(str(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m compressor.data --config RECIPE [overrides]``: pack the recipe's general corpus for each general
+    stage's block size ahead of a ``torchrun`` job, whose other ranks would otherwise wait for the build at a
+    barrier (30 minutes at most by default): a Wikipedia-scale first build is worth running on its own."""
+    import argparse
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from compressor.config import ConfigError, load_recipe
+
+    p = argparse.ArgumentParser(prog="python -m compressor.data",
+                                description="Pack a recipe's general corpus once, ahead of training.")
+    p.add_argument("--config", required=True)
+    args, overrides = p.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        recipe = load_recipe(args.config, overrides)
+        tokenizer = AutoTokenizer.from_pretrained(recipe.teacher.finetuned or recipe.teacher.pretrained)
+        for size in sorted({s.max_seq_length for s in recipe.stages if s.data == "general"}):
+            blocks = general_corpus(recipe.general, tokenizer, size)
+            print(f"{len(blocks)} blocks of {size} tokens: {packed_path(recipe.general, tokenizer, size)}")
+    except (ConfigError, DataError, OSError) as exc:
+        print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -29,7 +29,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from compressor import augment
 from compressor.config import ConfigError, Recipe, StageConfig, load_recipe
-from compressor.data import DataError, general_blocks, load_task_data, task_spec, tokenize_task
+from compressor.data import DataError, general_corpus, load_task_data, task_spec, tokenize_task
 from compressor.finetune import finetune_teacher
 from compressor.io import read_json, write_json_atomic
 from compressor.metrics import evaluate
@@ -92,6 +92,7 @@ class Run:
 
     def __post_init__(self) -> None:
         self.state = process_state()
+        self.device = self.state.device  # teachers live (and are evaluated) where training runs
         self.task: Task = task_spec(self.recipe.task)
         self.tokenizer = AutoTokenizer.from_pretrained(self.recipe.teacher.finetuned or self.recipe.teacher.pretrained)
         with self.state.main_process_first():
@@ -141,7 +142,7 @@ class Run:
                 model = AutoModelForSequenceClassification.from_pretrained(self.ensure_finetuned())
             else:
                 model = AutoModel.from_pretrained(self.recipe.teacher.pretrained)
-            self._teachers[kind] = model.eval()
+            self._teachers[kind] = model.eval().to(self.device)
         return self._teachers[kind]
 
     def teacher_dev(self) -> dict[str, float]:
@@ -157,8 +158,9 @@ class Run:
         """``student.prune.samples`` rows of task training data (shuffled by the seed) or general-corpus blocks."""
         p = self.recipe.student.prune
         if p.calibration == "general":
-            g = self.recipe.general
-            rows = list(general_blocks(g.files, self.tokenizer, p.max_seq_length, p.samples, seed=self.recipe.seed))
+            with self.state.local_main_process_first():
+                blocks = general_corpus(self.recipe.general, self.tokenizer, p.max_seq_length)
+            rows = blocks.shuffle(seed=self.recipe.seed).select(range(min(p.samples, len(blocks))))
         else:
             train = self.tokenized(p.max_seq_length)["train"]
             rows = train.shuffle(seed=self.recipe.seed).select(range(min(p.samples, len(train))))
@@ -198,7 +200,7 @@ class Run:
         """The recipe's augmented rows (generated once, cached under ``augment/``), tokenised; labels NO_LABEL/NaN."""
         if max_seq_length not in self._augmented:
             with self.state.main_process_first():
-                rows = augment.build(self.recipe.augment, self.task_data["train"], self.task, self.recipe.general.files,
+                rows = augment.build(self.recipe.augment, self.task_data["train"], self.task, self.recipe.general,
                                      self.recipe.seed, self.out / "augment")
                 tokenized = tokenize_task(datasets.DatasetDict(train=rows.remove_columns(augment.SOURCE_COLUMN)),
                                           self.tokenizer, max_seq_length)["train"]
@@ -206,10 +208,10 @@ class Run:
         return self._augmented[max_seq_length]
 
     def train_data(self, stage: StageConfig):
-        """The stage's rows and their count per source (task, transfer, mlm; general: streamed, not counted)."""
-        if stage.data == "general":
-            g = self.recipe.general
-            return general_blocks(g.files, self.tokenizer, stage.max_seq_length, g.max_blocks, seed=self.recipe.seed), {}
+        """The stage's rows and their count per source (task, transfer, mlm; the general corpus is not counted)."""
+        if stage.data == "general":  # built once by each machine's first process, read from disk by all
+            with self.state.local_main_process_first():
+                return general_corpus(self.recipe.general, self.tokenizer, stage.max_seq_length), {}
         task_rows = self.tokenized(stage.max_seq_length)["train"]
         if not stage.augment:
             return task_rows, {"task": len(task_rows)}

@@ -4,11 +4,18 @@ The trainer knows nothing of stages: it gets a teacher, a :class:`DistillationMo
 projections + the loss weights) and a dataset. Student and projections are one ``nn.Module`` so the
 Trainer's optimiser, checkpoints, DDP wrapping and resume cover both, and the loss is computed inside
 that module's ``forward`` so DDP sees every parameter that takes part. The teacher stays outside DDP, in
-eval mode without gradients (half precision on CUDA), and returns only what the weighted losses need.
+eval mode without gradients, and returns only what the weighted losses need: attention maps only of the
+layers the layer map uses.
+
+Precision: the teacher keeps fp32 weights and runs under the same autocast as the student (accelerate's,
+from ``TrainingArguments.bf16``/``fp16``), so its matmuls run in half precision while softmax and LayerNorm
+stay in fp32 (autocast's fp32 list on CUDA), and the latent targets keep fp32 accuracy. With mixed
+precision off nothing is cast.
 """
 from __future__ import annotations
 
 import inspect
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -18,6 +25,7 @@ from torch import nn
 from accelerate import PartialState
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from compressor.attention import forward_with_attentions
 from compressor.config import Recipe, StageConfig
 from compressor.losses import LossContext, Outputs, needs, uses_teacher, weighted_losses
 
@@ -51,10 +59,14 @@ class DistillationModule(nn.Module):
         self.takes_token_types = "token_type_ids" in inspect.signature(student.forward).parameters
 
     def forward(self, teacher: Outputs, input_ids, attention_mask, token_type_ids=None, labels=None):
-        extra = {"token_type_ids": token_type_ids} if self.takes_token_types else {}
-        out = self.student(input_ids=input_ids, attention_mask=attention_mask, **extra,
-                           output_hidden_states="hidden_states" in self.needs,
-                           output_attentions="attentions" in self.needs)
+        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask,
+                      output_hidden_states="hidden_states" in self.needs)
+        if self.takes_token_types:
+            kwargs["token_type_ids"] = token_type_ids
+        if "attentions" in self.needs:  # every student layer is mapped; SDPA models return no maps otherwise (5.x)
+            out = forward_with_attentions(self.student, range(1, len(self.layer_map) + 1), **kwargs)
+        else:
+            out = self.student(**kwargs)
         ctx = LossContext(self.layer_map, self.projections, attention_mask, labels, self.temperature, self.regression)
         return weighted_losses(self.weights, Outputs.of(out), teacher, ctx)
 
@@ -66,22 +78,28 @@ class DistillationTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False
         self.teacher = teacher.eval().requires_grad_(False).to(self.args.device)
-        if self.args.device.type == "cuda":
-            self.teacher.to(torch.bfloat16 if self.args.bf16 else torch.float16)
         # e.g. MPNet takes no token_type_ids
         self._teacher_inputs = [k for k in MODEL_INPUTS if k in inspect.signature(self.teacher.forward).parameters]
         self._sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.args.device))
         self._counts: dict[str, int] = defaultdict(int)
 
     @torch.no_grad()
-    def teacher_outputs(self, inputs: dict[str, torch.Tensor], wanted: frozenset[str]) -> Outputs:
-        out = self.teacher(**{k: inputs[k] for k in self._teacher_inputs if k in inputs},
-                           output_hidden_states="hidden_states" in wanted, output_attentions="attentions" in wanted)
-        return Outputs.of(out)
+    def teacher_outputs(self, inputs: dict[str, torch.Tensor], wanted: frozenset[str],
+                        layers: list[int] | None = None) -> Outputs:
+        """The teacher's outputs under the student's autocast; attention maps only for ``layers`` (1-based;
+        default: the layer map of the module being trained), ``None`` for the other layers."""
+        kwargs = {k: inputs[k] for k in self._teacher_inputs if k in inputs}
+        kwargs["output_hidden_states"] = "hidden_states" in wanted
+        with self.accelerator.autocast():
+            if "attentions" not in wanted:
+                return Outputs.of(self.teacher(**kwargs))
+            if layers is None:
+                layers = self.accelerator.unwrap_model(self.model).layer_map
+            return Outputs.of(forward_with_attentions(self.teacher, layers, **kwargs))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         module = self.accelerator.unwrap_model(model)
-        teacher = self.teacher_outputs(inputs, module.needs) if module.uses_teacher else Outputs()
+        teacher = self.teacher_outputs(inputs, module.needs, module.layer_map) if module.uses_teacher else Outputs()
         losses = model(teacher=teacher, **{k: v for k, v in inputs.items() if k in (*MODEL_INPUTS, "labels")})
         for name, value in losses.items():
             self._sums[name] += value.detach()
@@ -115,12 +133,20 @@ def mixed_precision(recipe: Recipe) -> dict[str, bool]:
     return {"bf16": bf16, "fp16": bool(on and not bf16)}
 
 
+def warmup_arguments(ratio: float) -> dict[str, float]:
+    """A warm-up fraction as TrainingArguments keywords: ``warmup_ratio`` up to transformers 4.x; 5.x dropped it
+    and reads a ``warmup_steps`` below 1 as the fraction."""
+    if "warmup_ratio" in TrainingArguments.__dataclass_fields__:
+        return {"warmup_ratio": ratio}
+    return {"warmup_steps": ratio}
+
+
 def distill_arguments(output_dir: str | Path, stage: StageConfig, recipe: Recipe, **overrides: Any) -> TrainingArguments:
     """One stage's schedule as TrainingArguments: warm-up + linear decay, step checkpoints, TensorBoard logs."""
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir), num_train_epochs=stage.epochs, max_steps=stage.max_steps,
         learning_rate=stage.learning_rate, per_device_train_batch_size=stage.batch_size,
-        warmup_ratio=stage.warmup_ratio, weight_decay=stage.weight_decay, lr_scheduler_type="linear",
+        **warmup_arguments(stage.warmup_ratio), weight_decay=stage.weight_decay, lr_scheduler_type="linear",
         eval_strategy="no", save_strategy="steps", save_steps=recipe.save_steps, save_total_limit=1,
         logging_steps=recipe.logging_steps, logging_dir=str(Path(output_dir) / "logs"), report_to=["tensorboard"],
         seed=recipe.seed, remove_unused_columns=False, dataloader_num_workers=0,
@@ -128,4 +154,9 @@ def distill_arguments(output_dir: str | Path, stage: StageConfig, recipe: Recipe
         use_cpu=not torch.cuda.is_available(), **mixed_precision(recipe),
     )
     kwargs.update(overrides)
+    fields = TrainingArguments.__dataclass_fields__
+    if "logging_dir" not in fields:  # transformers 5: TensorBoard reads its folder from the environment
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(kwargs.pop("logging_dir"))
+    if "save_safetensors" not in fields:  # transformers 5 always saves safetensors
+        kwargs.pop("save_safetensors")
     return TrainingArguments(**kwargs)

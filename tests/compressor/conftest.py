@@ -30,8 +30,8 @@ def tiny_encoder_dir(tmp_path_factory, tiny_bert_dir) -> Path:
     return out
 
 
-def _tiny_recipe(glue_dir: Path, corpus_file: Path, teacher: Path, task: str = "sst2", finetuned: Path | None = None,
-                general_steps: int = 3, train_samples: int = 48, batch_size: int = 8) -> dict:
+def _tiny_recipe(glue_dir: Path, corpus_file: Path, packed: Path, teacher: Path, task: str = "sst2",
+                 finetuned: Path | None = None, general_steps: int = 3, train_samples: int = 48, batch_size: int = 8) -> dict:
     """A four-stage recipe (GD, GED, TAD, TSD) small enough for seconds on a CPU with the tiny teacher."""
     latent = {"hidden": 1.0, "attention": 1.0, "embedding": 1.0}
     common = {"batch_size": batch_size, "max_seq_length": 32, "learning_rate": 1e-3}
@@ -40,7 +40,7 @@ def _tiny_recipe(glue_dir: Path, corpus_file: Path, teacher: Path, task: str = "
         "teacher": {"pretrained": str(teacher), "finetuned": str(finetuned) if finetuned else None,
                     "finetune": {"epochs": 1, "batch_size": 16, "max_seq_length": 32, "learning_rate": 1e-3}},
         "student": {"num_hidden_layers": 4, "hidden_size": 24, "intermediate_size": 48, "num_attention_heads": 4},
-        "general": {"files": [str(corpus_file)]},
+        "general": {"files": [str(corpus_file)], "max_blocks": 400, "cache_dir": str(packed)},
         "logging_steps": 1,
         "save_steps": 2,
         "stages": [
@@ -54,9 +54,10 @@ def _tiny_recipe(glue_dir: Path, corpus_file: Path, teacher: Path, task: str = "
 
 
 @pytest.fixture(scope="session")
-def tiny_recipe(glue_dir, corpus_file):
-    """``tiny_recipe(teacher, **kw)`` -> recipe dict (see :func:`_tiny_recipe`)."""
-    return lambda teacher, **kw: _tiny_recipe(glue_dir, corpus_file, teacher, **kw)
+def tiny_recipe(glue_dir, corpus_file, tmp_path_factory):
+    """``tiny_recipe(teacher, **kw)`` -> recipe dict (see :func:`_tiny_recipe`); packed corpora in a session folder."""
+    packed = tmp_path_factory.mktemp("packed")
+    return lambda teacher, **kw: _tiny_recipe(glue_dir, corpus_file, packed, teacher, **kw)
 
 
 @pytest.fixture(scope="session")

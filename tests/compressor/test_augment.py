@@ -10,7 +10,8 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, DataCollatorWithPadding
 
 from compressor import augment
-from compressor.config import AugmentConfig, ConfigError, MLMConfig, TaskConfig, TransferConfig, load_recipe
+from compressor.config import (AugmentConfig, ConfigError, GeneralDataConfig, MLMConfig, TaskConfig, TransferConfig,
+                               load_recipe)
 from compressor.data import DataError, load_task_data
 from compressor.losses import NO_LABEL, hard_label_ce
 from compressor.tasks import GLUE_TASKS
@@ -38,9 +39,9 @@ def test_sentences_are_split_at_sentence_ends():
 
 def test_transfer_set_from_the_corpus_is_seeded_bounded_and_unlabelled(tmp_path, corpus_file, sst2_train):
     cfg = AugmentConfig(transfer=TransferConfig(max_examples=300, min_words=4, max_words=30))
-    first = augment.build(cfg, sst2_train, GLUE_TASKS["sst2"], [str(corpus_file)], seed=7, cache_dir=tmp_path / "a")
-    again = augment.build(cfg, sst2_train, GLUE_TASKS["sst2"], [str(corpus_file)], seed=7, cache_dir=tmp_path / "b")
-    other = augment.build(cfg, sst2_train, GLUE_TASKS["sst2"], [str(corpus_file)], seed=8, cache_dir=tmp_path / "c")
+    first = augment.build(cfg, sst2_train, GLUE_TASKS["sst2"], GeneralDataConfig(files=[str(corpus_file)]), seed=7, cache_dir=tmp_path / "a")
+    again = augment.build(cfg, sst2_train, GLUE_TASKS["sst2"], GeneralDataConfig(files=[str(corpus_file)]), seed=7, cache_dir=tmp_path / "b")
+    other = augment.build(cfg, sst2_train, GLUE_TASKS["sst2"], GeneralDataConfig(files=[str(corpus_file)]), seed=8, cache_dir=tmp_path / "c")
     assert len(first) == 300 and augment.sizes(first) == {"transfer": 300}
     assert first["text_a"] == again["text_a"] and first["text_a"] != other["text_a"]
     assert set(first["label"]) == {NO_LABEL}
@@ -50,23 +51,23 @@ def test_transfer_set_from_the_corpus_is_seeded_bounded_and_unlabelled(tmp_path,
 
 def test_augmentation_is_cached_and_not_regenerated(tmp_path, corpus_file, sst2_train, monkeypatch):
     cfg = AugmentConfig(transfer=TransferConfig(max_examples=50))
-    first = augment.build(cfg, sst2_train, GLUE_TASKS["sst2"], [str(corpus_file)], seed=1, cache_dir=tmp_path)
+    first = augment.build(cfg, sst2_train, GLUE_TASKS["sst2"], GeneralDataConfig(files=[str(corpus_file)]), seed=1, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("augment-*"))) == 1
 
     def fail(*args, **kwargs):
         raise AssertionError("regenerated")
 
     monkeypatch.setattr(augment, "transfer_set", fail)
-    again = augment.build(cfg, sst2_train, GLUE_TASKS["sst2"], [str(corpus_file)], seed=1, cache_dir=tmp_path)
+    again = augment.build(cfg, sst2_train, GLUE_TASKS["sst2"], GeneralDataConfig(files=[str(corpus_file)]), seed=1, cache_dir=tmp_path)
     assert again["text_a"] == first["text_a"]
     with pytest.raises(AssertionError, match="regenerated"):  # another seed is another set
-        augment.build(cfg, sst2_train, GLUE_TASKS["sst2"], [str(corpus_file)], seed=2, cache_dir=tmp_path)
+        augment.build(cfg, sst2_train, GLUE_TASKS["sst2"], GeneralDataConfig(files=[str(corpus_file)]), seed=2, cache_dir=tmp_path)
 
 
 def test_pair_tasks_get_neighbouring_sentence_pairs(tmp_path, corpus_file, glue_dir):
     mrpc = load_task_data(TaskConfig(name="mrpc", glue_dir=str(glue_dir), max_train_samples=20))["train"]
     rows = augment.build(AugmentConfig(transfer=TransferConfig(max_examples=40)), mrpc, GLUE_TASKS["mrpc"],
-                         [str(corpus_file)], seed=0, cache_dir=tmp_path)
+                         GeneralDataConfig(files=[str(corpus_file)]), seed=0, cache_dir=tmp_path)
     assert rows.column_names == ["text_a", "text_b", "label", "source"] and len(rows) == 40
     assert all(a != b for a, b in zip(rows["text_a"], rows["text_b"]))
 
@@ -75,17 +76,17 @@ def test_a_transfer_file_contributes_only_its_named_column(tmp_path, glue_dir, s
     """A labelled TSV as transfer file: its label column is never read, every row gets NO_LABEL."""
     tsv = glue_dir / "SST-2" / "dev.tsv"
     cfg = AugmentConfig(transfer=TransferConfig(source="files", files=[str(tsv)], column="sentence", max_examples=100))
-    rows = augment.build(cfg, sst2_train, GLUE_TASKS["sst2"], [], seed=0, cache_dir=tmp_path)
+    rows = augment.build(cfg, sst2_train, GLUE_TASKS["sst2"], GeneralDataConfig(), seed=0, cache_dir=tmp_path)
     assert len(rows) == 100 and set(rows["label"]) == {NO_LABEL}
     bad = AugmentConfig(transfer=TransferConfig(source="files", files=[str(tsv)], column="text", max_examples=10))
     with pytest.raises(DataError, match="augment.transfer.column 'text' is not in .* fix augment.transfer.column"):
-        augment.build(bad, sst2_train, GLUE_TASKS["sst2"], [], seed=0, cache_dir=tmp_path / "bad")
+        augment.build(bad, sst2_train, GLUE_TASKS["sst2"], GeneralDataConfig(), seed=0, cache_dir=tmp_path / "bad")
 
 
 def test_regression_rows_get_nan_and_the_hard_loss_skips_them(tmp_path, corpus_file, glue_dir):
     stsb = load_task_data(TaskConfig(name="stsb", glue_dir=str(glue_dir), max_train_samples=10))["train"]
     rows = augment.build(AugmentConfig(transfer=TransferConfig(max_examples=10)), stsb, GLUE_TASKS["stsb"],
-                         [str(corpus_file)], seed=0, cache_dir=tmp_path)
+                         GeneralDataConfig(files=[str(corpus_file)]), seed=0, cache_dir=tmp_path)
     assert all(math.isnan(v) for v in rows["label"])
 
 
@@ -99,8 +100,8 @@ def test_hard_label_loss_counts_only_labelled_rows():
 
 def test_mlm_word_replacement_is_deterministic_and_keeps_multi_piece_words(tmp_path, tiny_mlm_dir, sst2_train):
     cfg = AugmentConfig(mlm=MLMConfig(model=str(tiny_mlm_dir), copies=3, p=0.5, top_k=5, max_examples=8))
-    first = augment.build(cfg, sst2_train, GLUE_TASKS["sst2"], [], seed=3, cache_dir=tmp_path / "a")
-    again = augment.build(cfg, sst2_train, GLUE_TASKS["sst2"], [], seed=3, cache_dir=tmp_path / "b")
+    first = augment.build(cfg, sst2_train, GLUE_TASKS["sst2"], GeneralDataConfig(), seed=3, cache_dir=tmp_path / "a")
+    again = augment.build(cfg, sst2_train, GLUE_TASKS["sst2"], GeneralDataConfig(), seed=3, cache_dir=tmp_path / "b")
     assert len(first) == 3 * 8 and augment.sizes(first) == {"mlm": 24}
     assert first["text_a"] == again["text_a"] and set(first["label"]) == {NO_LABEL}
     originals = sst2_train["text_a"][:8]
@@ -116,7 +117,7 @@ def test_mlm_word_replacement_is_deterministic_and_keeps_multi_piece_words(tmp_p
 def test_an_mlm_that_cannot_be_loaded_is_one_line_naming_the_key(tmp_path, tiny_bert_dir, sst2_train):
     cfg = AugmentConfig(mlm=MLMConfig(model=str(tmp_path), copies=1))  # a folder with no model in it
     with pytest.raises(DataError, match=r"augment.mlm.model .* cannot be loaded .* set augment.mlm.model"):
-        augment.build(cfg, sst2_train, GLUE_TASKS["sst2"], [], seed=0, cache_dir=tmp_path / "out")
+        augment.build(cfg, sst2_train, GLUE_TASKS["sst2"], GeneralDataConfig(), seed=0, cache_dir=tmp_path / "out")
 
 
 @pytest.mark.parametrize("change, message", [
@@ -146,7 +147,7 @@ def test_collated_mixed_batches_keep_no_label_rows(sst2_train, tiny_bert_dir, co
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
     extra = augment.build(AugmentConfig(transfer=TransferConfig(max_examples=8)), sst2_train, GLUE_TASKS["sst2"],
-                          [str(corpus_file)], seed=0, cache_dir=tmp_path)
+                          GeneralDataConfig(files=[str(corpus_file)]), seed=0, cache_dir=tmp_path)
     task_rows = tokenize_task(datasets.DatasetDict(train=sst2_train), tokenizer, 32)["train"]
     extra_rows = tokenize_task(datasets.DatasetDict(train=extra.remove_columns("source")), tokenizer, 32)["train"]
     mixed = datasets.concatenate_datasets([task_rows, extra_rows.cast(task_rows.features)])

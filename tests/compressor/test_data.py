@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 from collections import Counter
 
+import datasets
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from compressor.config import TaskConfig
-from compressor.data import DataError, general_blocks, load_task_data, task_spec, tokenize_task
+from compressor.config import GeneralDataConfig, TaskConfig
+from compressor.data import (DataError, general_corpus, load_task_data, packed_path, task_spec,
+                             tokenize_task)
 from compressor.metrics import compute_metrics
 from compressor.tasks import GLUE_TASKS
 
@@ -82,25 +85,93 @@ def test_wrong_column_and_missing_file_are_one_line(tmp_path, glue_dir):
         load_task_data(TaskConfig(name="qqp", glue_dir=str(glue_dir)))
 
 
-def test_general_corpus_streams_into_packed_blocks(tmp_path, tokenizer):
+def _write_corpus(path, paragraphs: int = 400):
+    text = [f"paragraph number {i} talks about topic {i * 7} and nothing else." for i in range(paragraphs)]
+    with gzip.open(path, "wt") as f:
+        f.write("\n\n".join(text))
+    return text
+
+
+def _check_blocks(ds, tokenizer, size):
+    for ids in ds["input_ids"]:
+        assert len(ids) == size and ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+
+
+@pytest.mark.parametrize("num_proc, max_blocks", [(1, None), (2, None), (2, 30)])
+def test_general_corpus_is_packed_once_in_parallel_and_read_from_disk_after(tmp_path, tokenizer, monkeypatch,
+                                                                              num_proc, max_blocks):
     corpus = tmp_path / "c.txt.gz"
-    paragraphs = [f"paragraph number {i} talks about topic {i * 7} and nothing else." for i in range(200)]
-    with gzip.open(corpus, "wt") as f:
-        f.write("\n\n".join(paragraphs))
-    blocks = list(general_blocks([str(corpus)], tokenizer, block_size=24, max_blocks=30, seed=1))
-    assert len(blocks) == 30
-    for b in blocks:
-        assert len(b["input_ids"]) == 24 and sum(b["attention_mask"]) == 24
-        assert b["input_ids"][0] == tokenizer.cls_token_id and b["input_ids"][-1] == tokenizer.sep_token_id
-    text = " ".join(paragraphs)
-    words = tokenizer.decode(blocks[0]["input_ids"][1:-1]).split()
+    text = " ".join(_write_corpus(corpus))
+    cfg = GeneralDataConfig(files=[str(corpus)], cache_dir=str(tmp_path / "cache"), num_proc=num_proc, max_blocks=max_blocks)
+    ds = general_corpus(cfg, tokenizer, 24)
+    assert ds.column_names == ["input_ids"] and len(ds) == (max_blocks or len(ds)) and len(ds) >= 30
+    _check_blocks(ds, tokenizer, 24)
+    words = tokenizer.decode(ds[0]["input_ids"][1:-1]).split()
     assert " ".join(words[1:-1]) in text  # a contiguous stretch of the corpus (block edges may split words)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [packed_path(cfg, tokenizer, 24).name]  # no temp left
+
+    def no_rebuild(*_a, **_k):
+        raise AssertionError("the corpus was read and tokenised again")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_rebuild)
+    assert general_corpus(cfg, tokenizer, 24)["input_ids"] == ds["input_ids"]
+    assert packed_path(cfg, tokenizer, 32) != packed_path(cfg, tokenizer, 24)  # another block size: another build
 
 
-def test_real_corpus_streams_without_loading_it(corpus_file, tokenizer):
-    it = iter(general_blocks([str(corpus_file)], tokenizer, block_size=128, seed=0))
-    first = [next(it) for _ in range(5)]
-    assert all(len(b["input_ids"]) == 128 for b in first)
+def test_a_changed_corpus_file_is_packed_again(tmp_path, tokenizer):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("one two three four five six seven eight nine ten eleven twelve\n" * 20)
+    cfg = GeneralDataConfig(files=[str(corpus)], cache_dir=str(tmp_path / "cache"), num_proc=1)
+    before = packed_path(cfg, tokenizer, 16)
+    general_corpus(cfg, tokenizer, 16)
+    corpus.write_text("a different text altogether, longer than before\n" * 40)
+    assert packed_path(cfg, tokenizer, 16) != before
+    assert tokenizer.decode(general_corpus(cfg, tokenizer, 16)[0]["input_ids"]).startswith("[CLS] a different")
+
+
+def _fake_hub(rows_per_shard: int = 300, shards: int = 2):
+    """A streamed hub dataset as ``datasets.load_dataset(..., streaming=True)`` returns one: shards, extra columns."""
+    def gen(shard_ids):
+        for s in shard_ids:
+            for i in range(rows_per_shard):
+                yield {"id": f"{s}-{i}", "title": "t", "body": f"shard {s} article {i} says something about the world."}
+
+    return datasets.IterableDataset.from_generator(gen, gen_kwargs={"shard_ids": list(range(shards))})
+
+
+def test_hub_corpus_is_streamed_from_the_named_dataset_and_column(tmp_path, tokenizer, monkeypatch):
+    calls = []
+
+    def load_dataset(path, name=None, **kwargs):
+        calls.append((path, name, kwargs))
+        return _fake_hub()
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    cfg = GeneralDataConfig(dataset="wikimedia/wikipedia", dataset_config="20231101.en", text_column="body",
+                            max_blocks=40, num_proc=2, cache_dir=str(tmp_path))
+    ds = general_corpus(cfg, tokenizer, 16)
+    assert len(ds) == 40
+    _check_blocks(ds, tokenizer, 16)
+    assert {c[:2] for c in calls} == {("wikimedia/wikipedia", "20231101.en")}
+    assert all(c[2] == {"split": "train", "streaming": True} for c in calls)
+    decoded = " ".join(tokenizer.decode(ids) for ids in ds["input_ids"])
+    assert "shard 0 article" in decoded and "shard 1 article" in decoded  # both shards, one process each
+
+    cfg.text_column = "text"
+    with pytest.raises(DataError, match=r"no column 'text' \(columns: id, title, body\); set general.text_column"):
+        general_corpus(cfg, tokenizer, 32)
+
+
+def test_unreachable_hub_is_one_line_and_leaves_nothing(tmp_path, tokenizer, monkeypatch):
+    def offline(*_a, **_k):
+        raise ConnectionError("Couldn't reach 'wikimedia/wikipedia' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    cfg = GeneralDataConfig(dataset="wikimedia/wikipedia", dataset_config="20231101.en", cache_dir=str(tmp_path / "c"))
+    with pytest.raises(DataError) as err:
+        general_corpus(cfg, tokenizer, 32)
+    assert "\n" not in str(err.value) and "Couldn't reach" in str(err.value) and "go online" in str(err.value)
+    assert list((tmp_path / "c").iterdir()) == []
 
 
 def test_metrics_against_hand_values():
@@ -114,3 +185,14 @@ def test_metrics_against_hand_values():
     assert m["f1"] == pytest.approx(0.8)  # precision 2/3, recall 1
     stsb = compute_metrics(GLUE_TASKS["stsb"], np.array([[1.0], [2.0], [3.0]]), np.array([2.0, 4.0, 6.0]))
     assert stsb["pearson"] == pytest.approx(1.0) and stsb["spearmanr"] == pytest.approx(1.0)
+
+
+def test_packing_ahead_of_a_torchrun_job_from_the_command_line(tmp_path, capsys, tiny_bert_dir, tiny_recipe, write_recipe):
+    from compressor.data import main
+
+    config = write_recipe(tmp_path, tiny_recipe(tiny_bert_dir))
+    assert main(["--config", str(config), "--general.max_blocks", "50"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("50 blocks of 32 tokens: ") and Path(out.split(": ")[1]).is_dir()
+    assert main(["--config", str(config), "--general.files", "[/no/such.txt]"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: general corpus file /no/such.txt does not exist")

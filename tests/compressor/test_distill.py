@@ -275,3 +275,94 @@ def test_a_pruned_student_with_a_transfer_set_through_the_task_stages(tmp_path, 
         assert len(transfer) == 24 and {label for _, label in transfer} == {NO_LABEL}
         assert all(label == gold[row] for row, label in seen if row in gold)
     assert all("hard" in step["losses"] and step["losses"]["hard"] >= 0 for step in recorder.steps["tsd"])
+
+
+def test_teacher_dev_metrics_run_on_the_training_device(tmp_path, tiny_bert_dir, tiny_recipe, write_recipe, monkeypatch):
+    """The teacher is evaluated where training runs (CUDA on a GPU machine), not on the CPU it was loaded on.
+    Here the training device is faked as ``meta`` and evaluation is replaced by a probe of the model's device."""
+    import torch
+
+    import compressor.distill as distill
+
+    recipe = load_recipe(write_recipe(tmp_path, tiny_recipe(tiny_bert_dir, finetuned=tiny_bert_dir)))
+    r = distill.Run(recipe, tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    r.device = torch.device("meta")
+    seen = []
+    monkeypatch.setattr(distill, "evaluate", lambda model, *a, **k: seen.append(next(model.parameters()).device) or {"accuracy": 0.5})
+    assert r.teacher_dev() == {"accuracy": 0.5}
+    assert seen == [torch.device("meta")]
+
+
+def _general_only(tiny_recipe, teacher, steps: int) -> dict:
+    recipe = tiny_recipe(teacher, finetuned=teacher, general_steps=steps)
+    recipe["stages"] = [recipe["stages"][0]]
+    return recipe
+
+
+def test_a_killed_general_stage_resumes_at_its_position_without_rereading_the_corpus(tmp_path, tiny_bert_dir, tiny_recipe,
+                                                                                     write_recipe, monkeypatch):
+    """GD killed after step 3 (checkpoint at 2) continues with the batches an uninterrupted run trains on at steps
+    3-5; the resumed run tokenises nothing and reads from the packed corpus only the blocks it trains on (the
+    streamed corpus it replaces re-read and re-tokenised every block before the resume point)."""
+    import datasets
+    from transformers import PreTrainedTokenizerBase
+
+    recipe = load_recipe(write_recipe(tmp_path, _general_only(tiny_recipe, tiny_bert_dir, steps=5)))
+    reference = Recorder()
+    run(recipe, tmp_path / "reference", callbacks=[reference])
+    with pytest.raises(SimulatedKill):
+        run(recipe, tmp_path / "run", callbacks=[Recorder(kill_at=("gd", 3))])
+
+    tokenised, served = [], []
+    real_call, real_getitems = PreTrainedTokenizerBase.__call__, datasets.Dataset.__getitems__
+
+    def tokenise(self, text=None, *a, **k):
+        if k.get("add_special_tokens") is False:  # the corpus packer's call (task data keeps special tokens)
+            tokenised.append(len(text))
+        return real_call(self, text, *a, **k)
+
+    def getitems(self, keys):
+        if self.column_names == ["input_ids"]:
+            served.append(len(keys))
+        return real_getitems(self, keys)
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", tokenise)
+    monkeypatch.setattr(datasets.Dataset, "__getitems__", getitems)
+    resumed = Recorder()
+    run(recipe, tmp_path / "run", callbacks=[resumed])
+    assert [s["rows"] for s in resumed.steps["gd"]] == [s["rows"] for s in reference.steps["gd"][2:]]
+    # three batches trained on, plus the one accelerate's loader fetches ahead; skipping steps 1-2 read nothing
+    assert tokenised == [] and sum(served) == (3 + 1) * 8
+
+
+DDP_DRIVER = """
+import json, os, sys
+from compressor.config import load_recipe
+from compressor.distill import run
+from compressor.trainer import DistillationCallback
+
+class Rows(DistillationCallback):
+    rows = []
+    def on_distill_step(self, args, state, control, *, teacher, inputs, losses):
+        self.rows += [r[m.bool()].tolist() for r, m in zip(inputs["input_ids"], inputs["attention_mask"])]
+
+run(load_recipe(sys.argv[1]), sys.argv[2], callbacks=[Rows()])
+with open(os.path.join(sys.argv[2], f"rows-{os.environ['RANK']}.json"), "w") as f:
+    json.dump(Rows.rows, f)
+"""
+
+
+def test_ddp_ranks_train_on_disjoint_general_corpus_blocks(tmp_path, tiny_bert_dir, tiny_recipe, write_recipe):
+    config = write_recipe(tmp_path, _general_only(tiny_recipe, tiny_bert_dir, steps=3))
+    (tmp_path / "driver.py").write_text(DDP_DRIVER)
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(tmp_path / "driver.py"), str(config), str(out)],
+                          capture_output=True, text=True, timeout=600,
+                          env={**_subprocess_env(), "PYTHONPATH": str(Path(__file__).parents[2])})  # this checkout's package
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [[tuple(r) for r in json.loads((out / f"rows-{rank}.json").read_text())] for rank in (0, 1)]
+    assert [len(r) for r in rows] == [3 * 8, 3 * 8]
+    assert all(len(r) == 32 for r in rows[0] + rows[1])
+    assert not set(rows[0]) & set(rows[1])

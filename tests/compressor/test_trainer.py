@@ -1,11 +1,14 @@
 """The distillation Trainer on a small in-memory dataset: what it trains, freezes, logs and asks the teacher for."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
+from compressor.attention import forward_with_attentions
 from compressor.config import Recipe, StageConfig, StudentConfig
 from compressor.losses import Outputs, needs
 from compressor.student import build_student, layer_map, make_projections
@@ -89,7 +92,7 @@ def test_latent_only_module_runs_without_labels(parts):
     module = _module(teacher, {"hidden": 1.0, "attention": 2.0})
     batch = DataCollatorWithPadding(tokenizer)([{k: v for k, v in data[i].items() if k != "labels"} for i in range(2)])
     with torch.no_grad():
-        t = teacher(**batch, output_hidden_states=True, output_attentions=True)
+        t = forward_with_attentions(teacher, module.layer_map, **batch, output_hidden_states=True)
     out = module(teacher=Outputs.of(t), **batch)
     assert set(out) == {"hidden", "attention", "loss"}
     assert out["loss"].item() == pytest.approx(out["hidden"].item() + 2 * out["attention"].item(), rel=1e-6)
@@ -110,3 +113,118 @@ def test_a_gold_label_only_stage_never_runs_the_teacher(tmp_path, parts):
         assert calls == [1]  # the hook itself works
     finally:
         hook.remove()
+
+
+# --------------------------------------------------------------------------- teacher precision and attention maps
+
+
+def _one_step_trainer(tmp_path, teacher, data, tokenizer, losses, **overrides):
+    stage = StageConfig(name="x", losses=losses, max_steps=1, batch_size=4)
+    return DistillationTrainer(model=_module(teacher, losses), teacher=teacher,
+                               args=distill_arguments(tmp_path, stage, Recipe(), **overrides),
+                               train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer))
+
+
+@pytest.fixture
+def reset_mixed_precision(monkeypatch):
+    """TrainingArguments records mixed precision in ``ACCELERATE_MIXED_PRECISION`` and accelerate in a process-wide
+    singleton, and later arguments inherit both: undo them after a test that turns mixed precision on."""
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    yield
+    AcceleratorState._reset_state()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "bf16 as on cuda", None])
+def test_teacher_keeps_fp32_weights_and_runs_under_the_students_autocast(tmp_path, parts, precision,
+                                                                         reset_mixed_precision):
+    """Mixed precision on: the teacher's matmuls run under the same autocast as the student's (so on CUDA its
+    softmax and LayerNorm run in fp32, autocast's fp32 list); off: no autocast. Its weights are never cast.
+
+    On CPU the Trainer wraps the whole loss in its own CPU autocast; on CUDA it adds none and only accelerate's
+    wrap of the student's ``forward`` applies. "bf16 as on cuda" switches the Trainer's CPU autocast off to
+    reproduce that structure here."""
+    tokenizer, teacher, data = parts
+    teacher = copy.deepcopy(teacher)
+    seen: dict[str, list] = {"teacher": [], "student": []}
+
+    def record(who):
+        return lambda mod, args, out: seen[who].append((torch.is_autocast_enabled("cpu"), out.dtype))
+
+    trainer = _one_step_trainer(tmp_path, teacher, data, tokenizer, {"hidden": 1.0, "attention": 1.0},
+                                use_cpu=True, bf16=precision is not None)
+    if precision == "bf16 as on cuda":
+        trainer.use_cpu_amp = False
+    hooks = [teacher.bert.encoder.layer[0].intermediate.dense.register_forward_hook(record("teacher")),
+             trainer.model.student.bert.encoder.layer[0].intermediate.dense.register_forward_hook(record("student"))]
+    try:
+        trainer.train()
+    finally:
+        for h in hooks:
+            h.remove()
+    expected = (True, torch.bfloat16) if precision else (False, torch.float32)
+    assert seen["student"][0] == expected
+    assert seen["teacher"] == [expected]
+    assert {p.dtype for p in teacher.parameters()} == {torch.float32}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_the_teachers_softmax_and_layernorm_run_in_fp32(tmp_path, parts):
+    tokenizer, teacher, data = parts
+    teacher = copy.deepcopy(teacher)
+    trainer = _one_step_trainer(tmp_path, teacher, data, tokenizer, {"hidden": 1.0, "attention": 1.0}, fp16=True)
+    norms = []
+    hook = teacher.bert.encoder.layer[0].output.LayerNorm.register_forward_hook(lambda m, a, out: norms.append(out.dtype))
+    try:
+        batch = {k: v.to(trainer.args.device) for k, v in DataCollatorWithPadding(tokenizer)([data[i] for i in range(3)]).items()}
+        out = trainer.teacher_outputs(batch, needs({"hidden": 1.0, "attention": 1.0}))
+    finally:
+        hook.remove()
+    assert norms == [torch.float32]
+    assert out.hidden_states[-1].dtype == torch.float32 and out.attentions[-1].dtype == torch.float32
+    assert {p.dtype for p in teacher.parameters()} == {torch.float32}
+
+
+@pytest.fixture(scope="module")
+def deep_teacher_dir(tmp_path_factory, tiny_bert_dir):
+    """A 6-layer tiny BERT (SDPA by default), so that a 2-layer student maps to layers 3 and 6 only."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(1)
+    out = tmp_path_factory.mktemp("deep_teacher")
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=6, num_attention_heads=4,
+                        intermediate_size=64, num_labels=2)
+    BertForSequenceClassification(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(out)
+    return out
+
+
+def test_teacher_computes_attention_maps_only_for_mapped_layers_and_they_equal_eager(tmp_path, parts, deep_teacher_dir,
+                                                                                       monkeypatch):
+    tokenizer, _, data = parts
+    teacher = AutoModelForSequenceClassification.from_pretrained(deep_teacher_dir)
+    eager = AutoModelForSequenceClassification.from_pretrained(deep_teacher_dir, attn_implementation="eager").eval()
+    losses = {"hidden": 1.0, "attention": 1.0}
+    trainer = _one_step_trainer(tmp_path, teacher, data, tokenizer, losses)
+    assert trainer.model.layer_map == [3, 6]
+    batch = DataCollatorWithPadding(tokenizer)([data[i] for i in range(4)])  # rows of different lengths: padding
+    assert (batch["attention_mask"] == 0).any()
+
+    sdpa_calls = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: sdpa_calls.append(1) or real_sdpa(*a, **k))
+    out = trainer.teacher_outputs(batch, needs(losses))
+    monkeypatch.undo()
+    with torch.no_grad():
+        ref = eager(**batch, output_hidden_states=True, output_attentions=True)
+
+    assert len(out.attentions) == 6
+    assert [i for i, a in enumerate(out.attentions, start=1) if a is not None] == [3, 6]
+    for layer in (3, 6):
+        torch.testing.assert_close(out.attentions[layer - 1], ref.attentions[layer - 1], rtol=0, atol=1e-6)
+    for mine, theirs in zip(out.hidden_states, ref.hidden_states):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+    assert len(sdpa_calls) == 4  # the four unmapped layers kept the fused kernel
