@@ -58,8 +58,10 @@ class PruneConfig:
     """How ``student.init: pruned`` measures importance and picks layers (see compressor/prune.py)."""
 
     layers: str = "auto"
-    """``auto`` (uniform and block-importance choices both measured against the teacher; the better kept),
-    ``uniform`` or ``importance``."""
+    """``auto`` (the uniform and the block-importance cut are both scored against the teacher after
+    ``recovery_steps`` of logit distillation on calibration batches; the closer kept), ``uniform`` or ``importance``."""
+    recovery_steps: int = 50
+    """``auto``: distillation steps each candidate gets before it is scored (0: score at the cut)."""
     calibration: str = "task"
     """Calibration batches from the ``task`` training data or the ``general`` corpus."""
     samples: int = 512
@@ -451,6 +453,8 @@ def _validate_prune(s: StudentConfig, recipe: Recipe) -> None:
     for key in ("samples", "batch_size", "max_seq_length"):
         if getattr(p, key) < 1:
             raise ConfigError(f"student.prune.{key} must be at least 1, got {getattr(p, key)}")
+    if p.recovery_steps < 0:
+        raise ConfigError(f"student.prune.recovery_steps must be 0 or more, got {p.recovery_steps}")
 
 
 def _validate_augment(recipe: Recipe) -> None:

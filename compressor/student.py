@@ -142,7 +142,7 @@ def prune_student(cfg: StudentConfig, teacher, task: Task, batches: list[dict[st
     shape = Shape(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads)
     overrides = {"attention_probs_dropout_prob": 0.0, **label_maps(task)}
     try:
-        result = prune(teacher, shape, batches, overrides, layers=cfg.prune.layers)
+        result = prune(teacher, shape, batches, overrides, layers=cfg.prune.layers, recovery_steps=cfg.prune.recovery_steps)
     except PruneError as exc:
         raise StudentError(str(exc)) from None
     student = result.student

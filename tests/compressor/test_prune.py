@@ -149,12 +149,17 @@ def test_planted_dead_neuron_head_and_channel_rank_last():
 
 def test_auto_layer_choice_keeps_the_candidate_closer_to_the_teacher():
     teacher = _bert(layers=4)
-    result = prune(teacher, Shape(2, 24, 48, 4), _batches(), dict(LABELS), layers="auto")
-    choice = result.report["layer_choice"]
-    scores = {name: c["divergence"] for name, c in choice["candidates"].items()}
-    assert set(scores) == {"uniform", "importance"}
-    assert scores[choice["method"]] == min(scores.values())
-    assert result.report["layers"] == choice["candidates"][choice["method"]]["layers"]
+    for steps, key in ((3, "divergence_recovered"), (0, "divergence_at_cut")):
+        result = prune(teacher, Shape(2, 24, 48, 4), _batches(n=4), dict(LABELS), layers="auto", recovery_steps=steps)
+        choice = result.report["layer_choice"]
+        assert choice["criterion"] == key
+        scores = {name: c[key] for name, c in choice["candidates"].items()}
+        assert set(scores) == {"uniform", "importance"}
+        assert scores[choice["method"]] == min(scores.values())
+        assert result.report["layers"] == choice["candidates"][choice["method"]]["layers"]
+        if steps:  # recovery trains a copy: the cut itself is what the student starts from
+            uniform = choice["candidates"]["uniform"]
+            assert uniform["divergence_recovered"] != uniform["divergence_at_cut"]
 
 
 def test_an_mpnet_teacher_prunes_into_an_mpnet_student():
