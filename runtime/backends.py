@@ -163,8 +163,8 @@ def tensorrt_backend(engine_path, device: str = "cuda") -> _Backend:
     """A serialised TensorRT engine (built by :mod:`runtime.tensorrt`); needs tensorrt and a CUDA GPU."""
     from runtime.tensorrt import load_engine_runner
 
-    names, run = load_engine_runner(engine_path, device)
-    return _Backend("tensorrt", device, ["tensorrt"], names, run, "fp16")
+    runner = load_engine_runner(engine_path, device)
+    return _Backend("tensorrt", device, ["tensorrt"], runner.input_names, runner, "fp16")
 
 
 BACKENDS: dict[str, Callable[..., _Backend]] = {
