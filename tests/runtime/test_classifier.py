@@ -139,3 +139,21 @@ def test_real_minilm_same_labels_torch_and_onnxruntime(minilm_clf_dir, minilm_ex
     assert accuracy > 0.6
     assert json.loads((minilm_export / "config.json").read_text())["finetuning_task"] == "sst2"
     assert Classifier.load(minilm_export).is_pair is False
+
+
+def test_auto_skips_a_variant_whose_parity_did_not_pass(tiny_export, tmp_path):
+    """An fp16 graph recorded as 'needs a GPU' (or any variant not verified) is never picked by auto."""
+    copy = tmp_path / "export"
+    shutil.copytree(tiny_export, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["parity"]["optimized"] = {"status": "needs a GPU", "reason": "no CPU kernel"}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    clf = Classifier.load(copy, device="cpu")
+    assert (clf.backend.name, clf.variant) == ("onnxruntime", "fp32")
+    asked = Classifier.load(copy, device="cpu", variant="optimized")  # named explicitly: the caller's choice
+    assert asked.variant == "optimized"
+    manifest["parity"]["fp32"] = {"status": "needs a GPU"}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BackendUnavailable, match="parity did not pass") as err:
+        Classifier.load(copy, backend="onnxruntime", device="cpu")
+    assert "\n" not in str(err.value)
