@@ -261,8 +261,32 @@ def _load_from_dir(spec: ModelSpec):
     variant = spec.variant or ("tensorrt" if spec.backend == "tensorrt" else spec.precision)
     if spec.backend == "onnxruntime" and (source / MANIFEST).is_file():
         return _onnxruntime(_export_variant(source, variant), spec)
-    clf = Classifier.load(source, backend=spec.backend, device=spec.device, variant=variant)
-    return clf.backend, {"model_hash": clf.model_hash, "variant": clf.variant}
+    # batch_size: the largest batch the bench sends, which Classifier caps to a TensorRT engine's profile
+    clf = Classifier.load(source, backend=spec.backend, device=spec.device, variant=variant,
+                          batch_size=spec.max_batch)
+    info = {"model_hash": clf.model_hash, "variant": clf.variant}
+    if clf.variant == "tensorrt":
+        return ProfileCapped(clf.backend, clf.batch_size, clf.max_length), {**info, "chunk": clf.batch_size}
+    return clf.backend, info
+
+
+class ProfileCapped:
+    """An engine with a fixed optimisation profile, driven the way ``runtime.Classifier`` drives it: a batch
+    larger than the profile runs in chunks the engine accepts; a sequence longer than the profile is an error
+    (the Classifier would truncate it, which would time a shorter workload than the one asked for)."""
+
+    def __init__(self, backend, max_batch: int, max_seq: int):
+        self.backend, self.max_batch, self.max_seq = backend, max_batch, max_seq
+        self.providers = list(backend.providers)
+        self.input_names = list(backend.input_names)
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        rows, seq = inputs["input_ids"].shape
+        if seq > self.max_seq:
+            raise BenchModelError(f"sequence {seq} is longer than the TensorRT engine's profile allows ({self.max_seq}): "
+                                  f"bench with --seq up to {self.max_seq}, or re-export with --tensorrt --max-seq {seq}")
+        return np.concatenate([self.backend({k: v[i:i + self.max_batch] for k, v in inputs.items()})
+                               for i in range(0, rows, self.max_batch)])
 
 
 def _export_variant(export_dir: Path, variant: str) -> Path:

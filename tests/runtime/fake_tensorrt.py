@@ -278,3 +278,32 @@ class FakeStream:
 
     def synchronize(self):
         self.synchronized += 1
+
+
+def install(monkeypatch, module):
+    """Make ``runtime.tensorrt`` use ``module`` and fake CUDA streams/device name (this machine has no GPU);
+    ``module.streams`` collects the streams the runner asked for, ``module.default_stream`` is torch's.
+    The fake engine reads and writes host memory, so every TensorRT back end is opened with device='cpu'."""
+    import torch
+
+    from runtime import backends
+
+    real_backend = backends.tensorrt_backend
+
+    def host_backend(engine_path, device="cuda"):
+        return real_backend(engine_path, device="cpu")
+
+    monkeypatch.setattr(backends, "tensorrt_backend", host_backend)
+    monkeypatch.setitem(backends.BACKENDS, "tensorrt", host_backend)
+
+    module.default_stream, module.streams = FakeStream(0), []
+
+    def new_stream(device=None, **_):
+        module.streams.append(FakeStream(100 + len(module.streams)))
+        return module.streams[-1]
+
+    monkeypatch.setattr("runtime.tensorrt.require_tensorrt", lambda: module)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: module.default_stream)
+    monkeypatch.setattr(torch.cuda, "Stream", new_stream)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
+    return module
