@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from fake_tensorrt import FakeStream, fake_logits, make_fake_tensorrt
+from fake_tensorrt import fake_logits, install, make_fake_tensorrt
 from runtime.backends import BackendUnavailable, gpu_available, tensorrt_backend
 from runtime.tensorrt import ENGINE_NAME, SETTINGS_NAME, TIMING_CACHE_NAME, build_engine, profile_shapes, require_tensorrt
 
@@ -25,24 +25,8 @@ def _has_tensorrt() -> bool:
 
 @pytest.fixture
 def fake_trt(monkeypatch):
-    """Install a fake TensorRT 10 and fake CUDA streams (this machine has neither)."""
-    import torch
-
-    return install_fake_tensorrt(monkeypatch, torch, make_fake_tensorrt(10))
-
-
-def install_fake_tensorrt(monkeypatch, torch, module):
-    module.default_stream, module.streams = FakeStream(0), []
-
-    def new_stream(device=None, **_):
-        module.streams.append(FakeStream(100 + len(module.streams)))
-        return module.streams[-1]
-
-    monkeypatch.setattr("runtime.tensorrt.require_tensorrt", lambda: module)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: module.default_stream)
-    monkeypatch.setattr(torch.cuda, "Stream", new_stream)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
-    return module
+    """A fake TensorRT 10 and fake CUDA streams (this machine has neither)."""
+    return install(monkeypatch, make_fake_tensorrt(10))
 
 
 def _engine_file(tmp_path, max_batch: int, max_seq: int):
@@ -80,9 +64,7 @@ def test_runner_runs_on_its_own_cuda_stream(fake_trt, tmp_path):
 
 
 def test_runner_serialises_threads_that_share_its_context(monkeypatch, tmp_path):
-    import torch
-
-    fake = install_fake_tensorrt(monkeypatch, torch, make_fake_tensorrt(10, delay=0.002))
+    fake = install(monkeypatch, make_fake_tensorrt(10, delay=0.002))
     backend = tensorrt_backend(_engine_file(tmp_path, 8, 32), device="cpu")
     wrong, errors = [], []
 
@@ -133,9 +115,7 @@ def test_builder_on_tensorrt10_sets_fp16_flag_profile_and_timing_cache(fake_trt,
 
 
 def test_builder_on_tensorrt11_builds_a_strongly_typed_fp16_graph(monkeypatch, tiny_export, tmp_path):
-    import torch
-
-    fake = install_fake_tensorrt(monkeypatch, torch, make_fake_tensorrt(11))
+    fake = install(monkeypatch, make_fake_tensorrt(11))
     build_engine(tiny_export / "model.onnx", tmp_path, max_batch=8, max_seq=64)
     network, config = fake.networks[-1], fake.configs[-1]
     assert network.flags == 1 << fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED and config.flags == set()
