@@ -182,6 +182,21 @@ def test_cuda_graphs_replay_matches_eager_per_shape(tiny_bert_dir):
     assert len(graphs._graphs) == 2  # one capture per shape, replayed afterwards
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU (torch.compile with CUDA graphs)")
+def test_torch_compile_runner_matches_eager_per_shape(tiny_bert_dir):
+    from runtime.bench_models import load_runner
+
+    spec = ModelSpec("student", str(tiny_bert_dir), False, "torch", device="cuda", precision="fp32")
+    eager, _ = load_runner(spec)
+    compiled, _ = load_runner(ModelSpec(**{**spec.to_dict(), "compile_mode": "reduce-overhead", "pad_heads": True}))
+    assert "torch.compile:reduce-overhead" in compiled.providers
+    for batch, seq in ((2, 16), (4, 9), (2, 16)):
+        inputs = bench.synthetic_batch(batch, seq, 30522, seed=batch * seq)
+        inputs["attention_mask"][:, seq - 3:] = 0
+        np.testing.assert_allclose(compiled(inputs), eager(inputs), atol=1e-3)
+
+
 @pytest.mark.skipif(_cuda(), reason="checks the CPU-only behaviour")
 def test_gpu_latency_script_skips_with_one_line_reason_on_cpu(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_latency.py"), "--out", str(tmp_path)],
