@@ -201,7 +201,7 @@ class EngineRunner:
         return ValueError(f"input shape {tuple(shape)} is outside the engine's optimisation profile (batch "
                           f"{self.min_shape[0]}..{self.max_batch}, sequence {self.min_shape[1]}..{self.max_seq}) of "
                           f"{self.path}: send smaller batches / truncate (runtime.Classifier does), or rebuild with "
-                         f"`python -m runtime.export ... --tensorrt --max-batch {max(batch, self.max_batch)} "
+                          f"`python -m runtime.export ... --tensorrt --max-batch {max(batch, self.max_batch)} "
                           f"--max-seq {max(seq, self.max_seq)}`")
 
     def __call__(self, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -212,7 +212,7 @@ class EngineRunner:
             self._check_shape(array.shape)
         on_gpu = self.device.type == "cuda"
         with self._lock, (torch.cuda.stream(self.stream) if on_gpu else contextlib.nullcontext()):
-            tensors = {n: torch.from_numpy(a).to(self.device, non_blocking=False) for n, a in arrays.items()}
+            tensors = {n: torch.from_numpy(a).to(self.device) for n, a in arrays.items()}
             for name, tensor in tensors.items():
                 if not self.context.set_input_shape(name, tuple(tensor.shape)):
                     raise self._shape_error(tuple(tensor.shape))
