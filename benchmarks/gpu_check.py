@@ -359,7 +359,7 @@ def grid_step(env: dict, timeout: float, work: Path, device: str, tiny: bool) ->
     result = run_step(cmd, env, timeout, work / "grid.log")
     table = out / "gpu_latency.json"
     engines = json.loads(table.read_text()) if table.is_file() else {}
-    result["engines"] = {name: ({"skipped": r["skipped"]} if "skipped" in r else
+    result["engines"] = {name: ({k: r[k] for k in ("skipped", "failed") if k in r} if "points" not in r else
                                 {"seconds": r.get("seconds"), "goal": r.get("goal"),
                                  "points": [{"batch": p["batch"], "seq": p["seq"], "ratio": round(p["ratio"], 3),
                                              "teacher_seq_s": round(p["teacher"]["throughput"], 1),
@@ -372,7 +372,8 @@ def grid_step(env: dict, timeout: float, work: Path, device: str, tiny: bool) ->
     if (out / "gpu_latency.md").is_file():
         result["table_md"] = (out / "gpu_latency.md").read_text()
     ran = [r for r in engines.values() if "points" in r]
-    result["status"] = "passed" if result["rc"] == 0 and ran else "failed"
+    broken = [name for name, r in engines.items() if "failed" in r]
+    result["status"] = "passed" if result["rc"] == 0 and ran and not broken else "failed"
     return result
 
 

@@ -115,8 +115,9 @@ def summary_table(results: dict[str, dict], batches: list[int], goal: float) -> 
     head = "| engine | " + " | ".join(f"batch {b}" for b in batches) + f" | >= {goal:g}x at batch >= 32 |"
     lines = [head, "|---|" + "---:|" * len(batches) + "---|"]
     for name, report in results.items():
-        if "skipped" in report:
-            lines.append(f"| {name} | skipped: {report['skipped']} |" + " |" * len(batches))
+        if "skipped" in report or "failed" in report:
+            kind = "skipped" if "skipped" in report else "FAILED"
+            lines.append(f"| {name} | {kind}: {report.get('skipped') or report['failed']} |" + " |" * len(batches))
             continue
         seq = report["points"][0]["seq"]
         rows = {r["batch"]: r for r in report["points"] if r["seq"] == seq}
@@ -126,6 +127,23 @@ def summary_table(results: dict[str, dict], batches: list[int], goal: float) -> 
         verdict = "-" if check is None else f"{'yes' if check['met'] else 'no'} (min {check['min_ratio']:.2f}x)"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {verdict} |")
     return "\n".join(lines)
+
+
+def write_outputs(results: dict[str, dict], args, out: Path) -> str:
+    """gpu_latency.json and .md as they stand (rewritten after every engine: a run cut short keeps both)."""
+    from runtime import bench
+
+    write_atomic(out / "gpu_latency.json", lambda t: t.write_text(json.dumps(results, indent=2) + "\n"))
+    measured = [r for r in results.values() if "environment" in r]
+    header = bench.describe(measured[0]).splitlines()[-1] if measured else ""
+    shapes = f"{args.teacher_arch} vs {args.student_arch}"
+    sections = [f"# GPU latency: {shapes} shapes, {args.precision}, {args.device}\n\n{header}\n",
+                f"speed-up = student/teacher throughput at seq {args.seq[0]} (student sequences/s)\n",
+                summary_table(results, args.batch, args.goal)]
+    sections += [f"\n## {name}\n\n{bench.format_table(r)}" for name, r in results.items() if "points" in r]
+    text = "\n".join(sections) + "\n"
+    write_atomic(out / "gpu_latency.md", lambda t: t.write_text(text))
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             texts = None
     out = Path(args.out)
     results: dict[str, dict] = {}
+    text = ""
     for engine in (e for e in ENGINES if e.name in wanted):
         reason = unavailable(engine, args.device)
         if reason is None and args.budget_s is not None and time.monotonic() - started > args.budget_s:
@@ -199,16 +218,10 @@ def main(argv: list[str] | None = None) -> int:
                 results[engine.name] = report
             except (BackendUnavailable, ImportError, ValueError) as exc:
                 results[engine.name] = {"skipped": str(exc).splitlines()[0]}
-        write_atomic(out / "gpu_latency.json", lambda t: t.write_text(json.dumps(results, indent=2) + "\n"))
-    measured = [r for r in results.values() if "environment" in r]
-    header = bench.describe(measured[0]).splitlines()[-1] if measured else ""
-    shapes = f"{args.teacher_arch} vs {args.student_arch}"
-    sections = [f"# GPU latency: {shapes} shapes, {args.precision}, {args.device}\n\n{header}\n",
-                f"speed-up = student/teacher throughput at seq {args.seq[0]} (student sequences/s)\n",
-                summary_table(results, args.batch, args.goal)]
-    sections += [f"\n## {name}\n\n{bench.format_table(r)}" for name, r in results.items() if "points" in r]
-    text = "\n".join(sections) + "\n"
-    write_atomic(out / "gpu_latency.md", lambda t: t.write_text(text))
+            except Exception as exc:  # noqa: BLE001 - one engine breaking on a new GPU must not lose the others
+                results[engine.name] = {"failed": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"[:500]}
+                print(f"== {engine.name}: FAILED ({results[engine.name]['failed']})", file=sys.stderr, flush=True)
+        text = write_outputs(results, args, out)
     print(text)
     return 0
 
