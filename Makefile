@@ -5,9 +5,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 OUT    ?= runs/demo
+GPU_OUT ?= bench_out/gpu-check
+# CPython 3.12 manylinux x86_64 wheels: the GPU machine's platform (pure-python wheels match any of these)
+WHEEL_PLATFORM := --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+	--platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	--platform manylinux1_x86_64
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean gpu-wheels gpu-pack gpu-check gpu-rehearse
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,3 +34,24 @@ test: install
 
 clean:
 	rm -rf $(VENV) runs
+
+# --- the prepared GPU check (benchmarks/gpu_check.py says what it runs and the device invocation) ---------
+# gpu-wheels / gpu-pack run here (package index, ../shared/data, after `make install`); gpu-check runs on the
+# GPU machine with .gpu carried; gpu-rehearse runs every step here on tiny models (CI does too).
+gpu-wheels:
+	rm -rf .gpu/wheels && mkdir -p .gpu/wheels
+	grep -v '^#' benchmarks/gpu_wheels.txt | grep . | while read -r spec; do \
+	    $(PYTHON) -m pip download -q --no-deps --only-binary=:all: $(WHEEL_PLATFORM) -d .gpu/wheels "$$spec" || exit 1; \
+	done
+	@$(PYTHON) -c 'import pathlib, sys; w = list(pathlib.Path(".gpu/wheels").glob("*.whl")); \
+	    n = sum(p.stat().st_size for p in w) / 2**20; print(f"{len(w)} wheels, {n:.1f} MiB in .gpu/wheels"); \
+	    sys.exit("error: over 60 MiB" if n > 60 else 0)'
+
+gpu-pack: gpu-wheels
+	$(PY) benchmarks/gpu_check.py pack
+
+gpu-check:
+	bash benchmarks/gpu_check.sh $(GPU_OUT)
+
+gpu-rehearse:
+	$(PY) benchmarks/gpu_check.py --device cpu --tiny --out bench_out/gpu-rehearsal

@@ -98,25 +98,49 @@ def torch_backend(model_dir_or_model, device: str = "cpu", precision: str = "fp3
 
 # --------------------------------------------------------------------------------------- onnxruntime
 
-def _ort_providers(device: str, tensorrt_ep: bool, trt_cache_dir: str | Path | None) -> list:
+def _ort_providers(device: str, tensorrt_ep: bool, trt_cache_dir: str | Path | None, onnx_path: Path,
+                   trt_max_batch: int = 64, trt_max_seq: int = 128) -> list:
     if not device.startswith("cuda"):
         return ["CPUExecutionProvider"]
     cuda = ("CUDAExecutionProvider", {"device_id": int(device.partition(":")[2] or 0)})
     if not tensorrt_ep:
         return [cuda, "CPUExecutionProvider"]
-    trt_options = {"device_id": cuda[1]["device_id"], "trt_fp16_enable": True}
-    if trt_cache_dir is not None:
-        trt_options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(trt_cache_dir),
-                           trt_timing_cache_enable=True, trt_timing_cache_path=str(trt_cache_dir))
-    return [("TensorrtExecutionProvider", trt_options), cuda, "CPUExecutionProvider"]
+    return [("TensorrtExecutionProvider", _tensorrt_ep_options(cuda[1]["device_id"], onnx_path, trt_cache_dir,
+                                                               trt_max_batch, trt_max_seq)),
+            cuda, "CPUExecutionProvider"]
+
+
+def _tensorrt_ep_options(device_id: int, onnx_path: Path, cache_dir: str | Path | None, max_batch: int,
+                         max_seq: int) -> dict:
+    """ORT's TensorRT EP options: FP16, one explicit profile (batch 1..max_batch, sequence 1..max_seq) for every
+    graph input, and an engine + timing cache (default: ``trt_cache/`` beside the model). Without the profile the
+    EP builds an engine for the first shape it sees and rebuilds on every larger one, at request time; without
+    the cache every process start rebuilds it (optimum issue #657)."""
+    import onnx
+
+    from runtime.tensorrt import profile_shapes
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initialisers = {t.name for t in graph.initializer}
+    names = [i.name for i in graph.input if i.name not in initialisers]
+    shapes = profile_shapes(max_batch, max_seq)
+    cache = str(cache_dir if cache_dir is not None else onnx_path.parent / "trt_cache")
+    profile = {f"trt_profile_{kind}_shapes": ",".join(f"{n}:{shape[0]}x{shape[1]}" for n in names)
+               for kind, shape in (("min", shapes.min), ("opt", shapes.opt), ("max", shapes.max))}
+    return {"device_id": device_id, "trt_fp16_enable": True, **profile,
+            "trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
+            "trt_timing_cache_enable": True, "trt_timing_cache_path": cache}
 
 
 def onnxruntime_backend(onnx_path, device: str = "cpu", precision: str | None = None, *,
                         tensorrt_ep: bool = False, trt_cache_dir: str | Path | None = None,
+                        trt_max_batch: int = 64, trt_max_seq: int = 128,
                         intra_op_threads: int | None = None,
                         session_config: dict[str, str] | None = None) -> _Backend:
     """An ONNX Runtime session: CPUExecutionProvider on CPU, CUDA (optionally TensorRT EP first) on cuda.
 
+    ``tensorrt_ep``: TensorRT EP first, with an optimisation profile of batch 1..``trt_max_batch`` and
+    sequence 1..``trt_max_seq`` and engines cached in ``trt_cache_dir`` (default ``trt_cache/`` beside the model).
     Raises :class:`BackendUnavailable` when the requested GPU provider is not in this onnxruntime build or
     the session did not really start it (ORT would otherwise run on the CPU without saying so).
     ``session_config`` entries go to ``SessionOptions.add_session_config_entry`` (e.g. the bench turns
@@ -127,7 +151,7 @@ def onnxruntime_backend(onnx_path, device: str = "cpu", precision: str | None = 
     path = Path(onnx_path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `python -m runtime.export MODEL_DIR --out DIR` first")
-    providers = _ort_providers(device, tensorrt_ep, trt_cache_dir)
+    providers = _ort_providers(device, tensorrt_ep, trt_cache_dir, path, trt_max_batch, trt_max_seq)
     wanted = [p[0] if isinstance(p, tuple) else p for p in providers]
     available = set(ort.get_available_providers())
     lacking = [p for p in wanted if p not in available]
@@ -163,8 +187,8 @@ def tensorrt_backend(engine_path, device: str = "cuda") -> _Backend:
     """A serialised TensorRT engine (built by :mod:`runtime.tensorrt`); needs tensorrt and a CUDA GPU."""
     from runtime.tensorrt import load_engine_runner
 
-    names, run = load_engine_runner(engine_path, device)
-    return _Backend("tensorrt", device, ["tensorrt"], names, run, "fp16")
+    runner = load_engine_runner(engine_path, device)
+    return _Backend("tensorrt", device, ["tensorrt"], runner.input_names, runner, "fp16")
 
 
 BACKENDS: dict[str, Callable[..., _Backend]] = {

@@ -42,7 +42,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from runtime.backends import BACKENDS, BackendUnavailable
-from runtime.bench_models import ARCHS, PRECISIONS, ModelSpec, load_runner, parameter_count, vocab_size
+from runtime.bench_models import (ARCHS, PRECISIONS, CompiledRunner, ModelSpec, load_runner, parameter_count,
+                                  vocab_size)
 from runtime.io import write_atomic
 
 ROLES = ("teacher", "student")
@@ -471,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop timing a point after this many seconds (once --min-iters rounds ran)")
     p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="torch on cuda: replay one captured CUDA graph per shape (default: on for torch+cuda)")
+    p.add_argument("--compile", dest="compile_mode", choices=CompiledRunner.MODES,
+                   help="torch back end: run through torch.compile in this mode (reduce-overhead: inductor + "
+                        "CUDA graphs on cuda); replaces --cuda-graphs")
     p.add_argument("--pad-heads", action=argparse.BooleanOptionalAction, default=None,
                    help="widen attention heads to a multiple of 8, exact (default: on for cuda)")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
@@ -486,9 +490,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def specs_from_args(args) -> dict[str, ModelSpec]:
     cuda = args.device == "cuda"
+    if args.compile_mode and args.backend != "torch":
+        raise BenchError(f"--compile applies to the torch back end, not {args.backend}: add --backend torch")
     common = dict(backend=args.backend, device=args.device, precision=args.precision, threads=args.threads,
                   cuda_graphs=bool(args.cuda_graphs if args.cuda_graphs is not None else
-                                   cuda and args.backend == "torch"),
+                                   cuda and args.backend == "torch" and not args.compile_mode),
+                  compile_mode=args.compile_mode,
                   pad_heads=bool(args.pad_heads if args.pad_heads is not None else cuda),
                   variant=args.variant, max_batch=max(args.batch), max_seq=max(args.seq))
     specs = {}

@@ -27,6 +27,11 @@ ARCHS: dict[str, dict] = {
     "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     # ERNIE-Tiny's student (Su et al., 2021): 4 layers, hidden 312, 12 heads, FFN 1200; 14.35M parameters.
     "ernie-tiny": dict(hidden_size=312, num_hidden_layers=4, num_attention_heads=12, intermediate_size=1200),
+    # Small shapes for CPU rehearsals of the GPU benchmark (benchmarks/gpu_check.py --tiny): BERT-mini (Turc et
+    # al., 2019: 4 layers, hidden 256, 4 heads), and a 2-layer student with ERNIE-Tiny's 26-wide heads, so
+    # that head padding really pads.
+    "bert-mini": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
+    "tiny-26": dict(hidden_size=104, num_hidden_layers=2, num_attention_heads=4, intermediate_size=416),
 }
 _COMMON_SHAPE = dict(vocab_size=30522, max_position_embeddings=512, type_vocab_size=2, num_labels=2)
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -47,6 +52,7 @@ class ModelSpec:
     device: str = "cpu"
     precision: str = "fp32"
     cuda_graphs: bool = False
+    compile_mode: str | None = None  # torch.compile mode for the torch back end (None: not compiled)
     threads: int | None = None
     pad_heads: bool = False   # widen attention heads to a multiple of 8 (exact; helps GPU kernels)
     variant: str | None = None  # which ONNX variant (fp32, optimized, fp16, int8; default: the precision)
@@ -201,6 +207,11 @@ def _torch_model(model, spec: ModelSpec):
 
         pad_attention_heads(model)
     info = {"parameters": count_parameters(model)}
+    if spec.compile_mode and spec.cuda_graphs:
+        raise BenchModelError("--compile and --cuda-graphs are two engines: pick one (compile mode "
+                              "'reduce-overhead' already replays CUDA graphs)")
+    if spec.compile_mode:
+        return CompiledRunner(model, spec.device, spec.precision, spec.compile_mode), info
     if spec.cuda_graphs:
         return CudaGraphRunner(model, spec.device, spec.precision), info
     return BACKENDS["torch"](model, spec.device, spec.precision), info
@@ -261,8 +272,32 @@ def _load_from_dir(spec: ModelSpec):
     variant = spec.variant or ("tensorrt" if spec.backend == "tensorrt" else spec.precision)
     if spec.backend == "onnxruntime" and (source / MANIFEST).is_file():
         return _onnxruntime(_export_variant(source, variant), spec)
-    clf = Classifier.load(source, backend=spec.backend, device=spec.device, variant=variant)
-    return clf.backend, {"model_hash": clf.model_hash, "variant": clf.variant}
+    # batch_size: the largest batch the bench sends, which Classifier caps to a TensorRT engine's profile
+    clf = Classifier.load(source, backend=spec.backend, device=spec.device, variant=variant,
+                          batch_size=spec.max_batch)
+    info = {"model_hash": clf.model_hash, "variant": clf.variant}
+    if clf.variant == "tensorrt":
+        return ProfileCapped(clf.backend, clf.batch_size, clf.max_length), {**info, "chunk": clf.batch_size}
+    return clf.backend, info
+
+
+class ProfileCapped:
+    """An engine with a fixed optimisation profile, driven the way ``runtime.Classifier`` drives it: a batch
+    larger than the profile runs in chunks the engine accepts; a sequence longer than the profile is an error
+    (the Classifier would truncate it, which would time a shorter workload than the one asked for)."""
+
+    def __init__(self, backend, max_batch: int, max_seq: int):
+        self.backend, self.max_batch, self.max_seq = backend, max_batch, max_seq
+        self.providers = list(backend.providers)
+        self.input_names = list(backend.input_names)
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        rows, seq = inputs["input_ids"].shape
+        if seq > self.max_seq:
+            raise BenchModelError(f"sequence {seq} is longer than the TensorRT engine's profile allows ({self.max_seq}): "
+                                  f"bench with --seq up to {self.max_seq}, or re-export with --tensorrt --max-seq {seq}")
+        return np.concatenate([self.backend({k: v[i:i + self.max_batch] for k, v in inputs.items()})
+                               for i in range(0, rows, self.max_batch)])
 
 
 def _export_variant(export_dir: Path, variant: str) -> Path:
@@ -324,9 +359,7 @@ class CudaGraphRunner:
         self._graphs: dict[tuple, tuple] = {}
 
     def _forward(self, static: dict):
-        mask = static["attention_mask"]
-        mask3d = mask[:, None, :].expand(-1, mask.shape[1], -1)
-        return self.model(input_ids=static["input_ids"], attention_mask=mask3d,
+        return self.model(input_ids=static["input_ids"], attention_mask=_mask_3d(static["attention_mask"]),
                           token_type_ids=static["token_type_ids"]).logits
 
     def _capture(self, inputs: dict[str, np.ndarray]):
@@ -358,3 +391,55 @@ class CudaGraphRunner:
                 tensor.copy_(torch.from_numpy(np.ascontiguousarray(inputs[name])))
             graph.replay()
             return out.float().cpu().numpy()
+
+
+def _mask_3d(mask):
+    """The 2-D padding mask as the equivalent 3-D one: BERT's SDPA path checks a 2-D mask for all-ones on the
+    host (a synchronisation, and a graph break under torch.compile); the 3-D form takes the path without it."""
+    return mask[:, None, :].expand(-1, mask.shape[1], -1)
+
+
+class CompiledRunner:
+    """A torch model through ``torch.compile`` (inductor), one specialised graph per input shape.
+
+    ``mode='reduce-overhead'`` also replays each shape's kernels as a CUDA graph on a GPU, which the small
+    student needs (it is launch-bound); ``'max-autotune'`` adds kernel autotuning (minutes per shape).
+    Compilation happens on the first call of each shape, so time only after warm-up rounds.
+    """
+
+    name = "torch"
+    MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+    def __init__(self, model, device: str = "cpu", precision: str = "fp32", mode: str = "reduce-overhead"):
+        import torch
+
+        if mode not in self.MODES:
+            raise BenchModelError(f"compile mode {mode!r} is not one of {', '.join(self.MODES)}")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendUnavailable("torch.compile on cuda needs a CUDA GPU; use --device cpu")
+        dtypes = {"fp32": torch.float32, "fp16": torch.float16}
+        if precision not in dtypes:
+            raise BenchModelError(f"torch.compile runs fp32 or fp16 here, not {precision}")
+        # every (model, shape) is one cache entry of the same code object: room for a whole grid of both models
+        dynamo = torch._dynamo.config
+        key = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"  # renamed in torch 2.6
+        setattr(dynamo, key, max(getattr(dynamo, key), 64))
+        self.device = device
+        self.precision = precision
+        self.model = model.to(device=device, dtype=dtypes[precision]).eval()
+        self.providers = [f"torch:{torch.device(device).type}", f"torch.compile:{mode}"]
+        self.input_names = ["input_ids", "attention_mask", "token_type_ids"]
+        self._compiled = torch.compile(self._forward, mode=mode, dynamic=False)
+
+    def _forward(self, input_ids, attention_mask, token_type_ids):
+        return self.model(input_ids=input_ids, attention_mask=_mask_3d(attention_mask),
+                          token_type_ids=token_type_ids).logits
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        inputs = dict(inputs)
+        inputs.setdefault("token_type_ids", np.zeros_like(inputs["input_ids"]))
+        with torch.inference_mode():
+            tensors = {n: torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device) for n in self.input_names}
+            return self._compiled(**tensors).float().cpu().numpy()

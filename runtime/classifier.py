@@ -243,12 +243,24 @@ class _ExportDir:
         failures = []
         for name, var, device in candidates:
             try:
+                if variant is None:  # chosen for the caller: only what passed parity at export
+                    self._check_parity(var)
                 return self._open(name, var, device), var
             except (BackendUnavailable, ModelDirError) as err:
                 if len(candidates) == 1:
                     raise
                 failures.append(f"{name}/{var} on {device}: {err}")
         raise BackendUnavailable(f"no back end starts for {self.root}: " + "; ".join(failures))
+
+    def _check_parity(self, variant: str | None) -> None:
+        """An automatic choice serves only variants whose parity passed at export (an FP16 graph that no GPU
+        checked is recorded 'needs a GPU'); a variant the caller names is served as asked."""
+        if variant is None or variant not in self.variants:
+            return
+        status = self.manifest.get("parity", {}).get(variant, {}).get("status")
+        if status != "passed":
+            raise BackendUnavailable(f"the {variant} variant's parity did not pass at export ({status or 'not recorded'}"
+                                     f"), so it is not chosen automatically: pass variant={variant!r} to use it anyway")
 
     def _open(self, name: str, variant: str | None, device: str) -> Backend:
         if name == "torch":

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime import backends
 from runtime.backends import BackendUnavailable, onnxruntime_backend, torch_backend
 from runtime.classifier import (MANIFEST, ModelDirError, check_tokenizer, labels_of, read_model_config,
                                 sha256_file, weights_file)
@@ -46,6 +47,7 @@ PURPOSE = {
     "tensorrt": "TensorRT FP16 engine: only the GPU model and TensorRT version that built it",
 }
 HEAD_PAD_ATOL = 1e-5
+PARITY_BATCH = 32
 # Real English sentences (review-style, as SST-2) used when no --parity-data is given.
 BUILTIN_SENTENCES = (
     "The film is a delight from start to finish, funny and warm without ever being sentimental.",
@@ -164,7 +166,7 @@ class Reference:
         return float((logits.argmax(1) == self.gold).mean())
 
 
-def tokenised_batches(tokenizer, texts: list, max_seq: int, batch_size: int = 32) -> list[dict]:
+def tokenised_batches(tokenizer, texts: list, max_seq: int, batch_size: int = PARITY_BATCH) -> list[dict]:
     batches = []
     for start in range(0, len(texts), batch_size):
         chunk = texts[start:start + batch_size]
@@ -333,18 +335,36 @@ def _export_onnx(model, tokenizer, work: Path, opset: int | None) -> Path:
     return work / VARIANT_FILES["fp32"]
 
 
+def parity_device(variant: str) -> str:
+    """Where a variant's parity is measured: the FP16 graph is built for the CUDA execution provider, so on a
+    machine with a GPU and onnxruntime-gpu it is checked there (its CPU kernels are not what will serve it)."""
+    if variant != "fp16" or not backends.gpu_available():
+        return "cpu"
+    import onnxruntime
+
+    return "cuda" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
+
+
 def _verify(variant: str, path: Path, reference: Reference, options: ExportOptions) -> dict:
+    """Parity of one ONNX variant against PyTorch, or an ExportError. An FP16 graph that cannot be checked
+    here is recorded as not passed (status 'needs a GPU' / 'not verified'): ``Classifier``'s auto choice
+    skips it."""
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail, NotImplemented as OrtNotImplemented
 
+    device = parity_device(variant)
     try:
-        backend = onnxruntime_backend(path)
+        backend = onnxruntime_backend(path, device=device)
         result = parity(reference, run_batches(backend, reference.batches))
-    except (Fail, OrtNotImplemented) as err:  # an fp16 graph may lack CPU kernels: recorded, checked on a GPU
+    except (Fail, OrtNotImplemented) as err:  # an fp16 graph may lack CPU kernels: recorded, not served by auto
         if variant != "fp16":
             raise ExportError(f"onnxruntime cannot run the {variant} graph: {_first_line(err)}") from None
-        return {"status": "needs a GPU", "reason": _first_line(err)[:300]}
+        return {"status": "needs a GPU", "device": device, "reason": _first_line(err)[:300]}
+    except BackendUnavailable as err:  # CUDA is here but its provider did not start
+        if variant != "fp16":
+            raise
+        return {"status": "not verified", "device": device, "reason": _first_line(err)[:300]}
     check_parity(variant, result, options, reference.is_regression)
-    result["status"] = "passed"
+    result.update(status="passed", device=device)
     return result
 
 
@@ -369,7 +389,7 @@ def _build_tensorrt(onnx_path: Path, work: Path, reference: Reference, options: 
     engine = build_engine(onnx_path, work, options.max_batch, options.max_seq)
     result = parity(reference, run_batches(tensorrt_backend(engine), reference.batches))
     check_parity("tensorrt", result, options, reference.is_regression)
-    result["status"] = "passed"
+    result.update(status="passed", device="cuda")
     return result
 
 
@@ -405,7 +425,8 @@ def export(model_dir: str | Path, out_dir: str | Path, options: ExportOptions | 
         require_tensorrt()
     config_dict, weights, model, tokenizer = _load_source(model_dir)
     texts, source, gold = parity_sentences(options.parity_data, options.parity_limit)
-    batches = tokenised_batches(tokenizer, texts, options.max_seq)
+    # batches no larger than the TensorRT profile accepts (the same batches go through every variant)
+    batches = tokenised_batches(tokenizer, texts, options.max_seq, min(PARITY_BATCH, options.max_batch))
     reference = Reference(batches, run_batches(torch_backend(model), batches), not labels_of(config_dict), gold)
     log(f"parity set: {source}")
 
@@ -472,7 +493,8 @@ def _build(model, tokenizer, work: Path, scratch: Path, reference: Reference, op
         manifest["tensorrt"] = {"settings": "model_fp16.engine.json", "timing_cache": "timing.cache",
                                 "max_batch": options.max_batch, "max_seq": options.max_seq}
     manifest["ort_tensorrt_ep"] = ("runtime.backends.onnxruntime_backend(DIR/model.onnx, device='cuda', "
-                                   "tensorrt_ep=True, trt_cache_dir=DIR/trt_cache)")
+                                   f"tensorrt_ep=True, trt_max_batch={options.max_batch}, "
+                                   f"trt_max_seq={options.max_seq})  # engines cached in DIR/trt_cache")
     return manifest
 
 

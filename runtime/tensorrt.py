@@ -1,7 +1,8 @@
-"""TensorRT FP16 engines from the exported ONNX graph (TensorRT 10 Python API), and a runner for them.
+"""TensorRT FP16 engines from the exported ONNX graph (TensorRT 10 and 11 Python API), and a runner for them.
 
 The engine is built with one optimisation profile covering batch 1..max_batch and sequence 1..max_seq for
-every input, FP16 enabled, and a timing cache kept beside the engine so rebuilding (another profile, a
+every input, FP16 (TensorRT 10: the FP16 builder flag; TensorRT 11, which removed it: an FP16 graph built
+strongly typed), and a timing cache kept beside the engine so rebuilding (another profile, a
 new model of the same shape) skips most tactic timing. The build settings are saved as JSON next to the
 engine: an engine only runs on the GPU model and TensorRT version that built it, so the settings say
 exactly what to rebuild with. The alternative route, ONNX Runtime's TensorRT execution provider, needs no
@@ -9,10 +10,12 @@ separate build: ``runtime.backends.onnxruntime_backend(path, device="cuda", tens
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -22,6 +25,9 @@ from runtime.io import write_atomic
 ENGINE_NAME = "model_fp16.engine"
 SETTINGS_NAME = "model_fp16.engine.json"
 TIMING_CACHE_NAME = "timing.cache"
+# Kept in fp32 when the graph itself is converted to fp16 (TensorRT 11): reductions that overflow or lose
+# the small differences they exist to see.
+FP32_OPS = ("LayerNormalization", "Softmax")
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class BuildSettings:
     onnx: str
     inputs: list[str]
     shapes: ProfileShapes
+    precision: str = ""
     fp16: bool = True
     workspace_mb: int = 4096
     tensorrt_version: str = ""
@@ -78,8 +85,30 @@ def require_tensorrt():
     return trt
 
 
-def _parse_onnx(trt, builder, logger, onnx_path: Path):
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+def _precision_setup(trt, onnx_path: Path, scratch: Path) -> tuple[int, list, Path, str]:
+    """How to get FP16 kernels from this TensorRT: (network creation flags, builder flags, ONNX file to parse,
+    a description for the settings file).
+
+    TensorRT 10 builds the FP32 graph with ``BuilderFlag.FP16`` (weak typing: it may pick FP16 kernels).
+    TensorRT 11 removed that flag and builds strongly typed networks only, so the precision must be in the
+    graph itself: the FP32 graph is converted to FP16 (ONNX Runtime's converter; LayerNorm, Softmax and the
+    int64 inputs / fp32 logits kept as they are) into ``scratch`` and built strongly typed.
+    """
+    if hasattr(trt.BuilderFlag, "FP16"):
+        return 0, [trt.BuilderFlag.FP16], onnx_path, "fp16 kernels allowed (BuilderFlag.FP16, weakly typed network)"
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True,
+                                     op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OPS])
+    converted = scratch / "model_fp16_strongly_typed.onnx"
+    onnx.save(model, str(converted))
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return flags, [], converted, f"fp16 graph (strongly typed network; {', '.join(FP32_OPS)} kept in fp32)"
+
+
+def _parse_onnx(trt, builder, logger, onnx_path: Path, network_flags: int = 0):
+    network = builder.create_network(network_flags)  # TensorRT 10+: explicit batch is the only mode
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -92,7 +121,7 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, max_batch: int = 64
     """Build an FP16 engine for ``onnx_path`` into ``out_dir``; returns the engine path.
 
     Use the plain FP32 ``model.onnx`` (not ORT-optimised graphs: their fused com.microsoft ops are unknown
-    to TensorRT, which does its own fusion).
+    to TensorRT, which does its own fusion). Works on TensorRT 10 and 11 (see :func:`_precision_setup`).
     """
     trt = require_tensorrt()
     import torch
@@ -100,36 +129,110 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, max_batch: int = 64
     out_dir = Path(out_dir)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network, _parser = _parse_onnx(trt, builder, logger, Path(onnx_path))
-    shapes = profile_shapes(max_batch, max_seq, opt_batch, opt_seq)
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    config.set_flag(trt.BuilderFlag.FP16)
-    profile = builder.create_optimization_profile()
-    inputs = [network.get_input(i).name for i in range(network.num_inputs)]
-    for name in inputs:
-        profile.set_shape(name, shapes.min, shapes.opt, shapes.max)
-    config.add_optimization_profile(profile)
-    cache_path = out_dir / TIMING_CACHE_NAME
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    serialized = builder.build_serialized_network(network, config)
+    with tempfile.TemporaryDirectory(prefix="runtime-trt-") as scratch:
+        network_flags, builder_flags, graph, precision = _precision_setup(trt, Path(onnx_path), Path(scratch))
+        network, _parser = _parse_onnx(trt, builder, logger, graph, network_flags)
+        shapes = profile_shapes(max_batch, max_seq, opt_batch, opt_seq)
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+        for flag in builder_flags:
+            config.set_flag(flag)
+        profile = builder.create_optimization_profile()
+        inputs = [network.get_input(i).name for i in range(network.num_inputs)]
+        for name in inputs:
+            profile.set_shape(name, shapes.min, shapes.opt, shapes.max)
+        config.add_optimization_profile(profile)
+        cache_path = out_dir / TIMING_CACHE_NAME
+        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+        serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
     engine_path = out_dir / ENGINE_NAME
     write_atomic(engine_path, lambda f: f.write_bytes(bytes(serialized)))
     write_atomic(cache_path, lambda f: f.write_bytes(bytes(config.get_timing_cache().serialize())))
-    settings = BuildSettings(Path(onnx_path).name, inputs, shapes, workspace_mb=workspace_mb,
+    settings = BuildSettings(Path(onnx_path).name, inputs, shapes, precision=precision, workspace_mb=workspace_mb,
                              tensorrt_version=trt.__version__, gpu=torch.cuda.get_device_name())
     write_atomic(out_dir / SETTINGS_NAME, lambda f: f.write_text(settings.to_json()))
     return engine_path
 
 
-def load_engine_runner(engine_path: str | Path, device: str = "cuda") -> tuple[list[str], Callable]:
-    """Deserialise an engine; return its input names and ``run(feed) -> logits`` on torch CUDA buffers."""
-    trt = require_tensorrt()
-    import torch
+class EngineRunner:
+    """``runner(feed) -> logits`` for one deserialised engine: one execution context, one CUDA stream.
 
+    The context holds per-call state (input shapes, buffer addresses), so calls are serialised with a lock:
+    two threads sharing it would otherwise run on each other's shapes and buffers. The engine runs on its own
+    stream (not the default one, which would order it after every other kernel of the process); inputs are
+    copied, the engine runs and the logits come back on that stream. A shape outside the engine's optimisation
+    profile raises ValueError naming the profile (``runtime.Classifier`` caps batch and length to it).
+    """
+
+    def __init__(self, trt, engine, path: Path, device: str = "cuda"):
+        import torch
+
+        self.path = path
+        self.engine = engine
+        self.device = torch.device(device)
+        self.context = engine.create_execution_context()
+        self.stream = torch.cuda.Stream(self.device)
+        self._lock = threading.Lock()
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.input_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.output = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self._input_types = {n: trt.nptype(engine.get_tensor_dtype(n)) for n in self.input_names}
+        self._output_dtype = torch.float16 if engine.get_tensor_dtype(self.output) == trt.DataType.HALF else torch.float32
+        low, _, high = engine.get_tensor_profile_shape(self.input_names[0], 0)
+        self.min_shape, self.max_shape = tuple(low), tuple(high)
+
+    @property
+    def max_batch(self) -> int:
+        return self.max_shape[0]
+
+    @property
+    def max_seq(self) -> int:
+        return self.max_shape[1]
+
+    def _check_shape(self, shape: tuple) -> None:
+        if len(shape) != 2 or not all(lo <= s <= hi for lo, s, hi in zip(self.min_shape, shape, self.max_shape)):
+            raise self._shape_error(shape)
+
+    def _shape_error(self, shape: tuple) -> ValueError:
+        batch, seq = (tuple(shape) + (0, 0))[:2]
+        return ValueError(f"input shape {tuple(shape)} is outside the engine's optimisation profile (batch "
+                          f"{self.min_shape[0]}..{self.max_batch}, sequence {self.min_shape[1]}..{self.max_seq}) of "
+                          f"{self.path}: send smaller batches / truncate (runtime.Classifier does), or rebuild with "
+                          f"`python -m runtime.export ... --tensorrt --max-batch {max(batch, self.max_batch)} "
+                          f"--max-seq {max(seq, self.max_seq)}`")
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        arrays = {n: np.ascontiguousarray(feed[n], dtype=self._input_types[n]) for n in self.input_names}
+        for array in arrays.values():
+            self._check_shape(array.shape)
+        on_gpu = self.device.type == "cuda"
+        with self._lock, (torch.cuda.stream(self.stream) if on_gpu else contextlib.nullcontext()):
+            tensors = {n: torch.from_numpy(a).to(self.device) for n, a in arrays.items()}
+            for name, tensor in tensors.items():
+                if not self.context.set_input_shape(name, tuple(tensor.shape)):
+                    raise self._shape_error(tuple(tensor.shape))
+                self.context.set_tensor_address(name, tensor.data_ptr())
+            out_shape = tuple(self.context.get_tensor_shape(self.output))
+            if any(d < 0 for d in out_shape):
+                raise RuntimeError(f"TensorRT could not infer the output shape of {self.path} for inputs "
+                                   f"{[tuple(t.shape) for t in tensors.values()]}")
+            result = torch.empty(out_shape, dtype=self._output_dtype, device=self.device)
+            self.context.set_tensor_address(self.output, result.data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError(f"TensorRT execution failed for {self.path}")
+            logits = result.float().cpu()
+            self.stream.synchronize()
+        return logits.numpy()
+
+
+def load_engine_runner(engine_path: str | Path, device: str = "cuda") -> EngineRunner:
+    """Deserialise an engine; return its runner (``runner.input_names``, ``runner(feed) -> logits``)."""
+    trt = require_tensorrt()
     path = Path(engine_path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: build it with `python -m runtime.export ... --tensorrt`")
@@ -138,27 +241,4 @@ def load_engine_runner(engine_path: str | Path, device: str = "cuda") -> tuple[l
     if engine is None:
         raise BackendUnavailable(f"{path} was built for another GPU or TensorRT version: rebuild it here "
                                  "with `python -m runtime.export ... --tensorrt`")
-    context = engine.create_execution_context()
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-    output = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
-    input_types = {n: trt.nptype(engine.get_tensor_dtype(n)) for n in inputs}
-    torch_device = torch.device(device)
-
-    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
-        stream = torch.cuda.current_stream(torch_device)
-        tensors = {n: torch.from_numpy(np.ascontiguousarray(feed[n], dtype=input_types[n])).to(torch_device)
-                   for n in inputs}
-        for name, tensor in tensors.items():
-            context.set_input_shape(name, tuple(tensor.shape))
-            context.set_tensor_address(name, tensor.data_ptr())
-        out_shape = tuple(context.get_tensor_shape(output))
-        out_dtype = torch.float16 if engine.get_tensor_dtype(output) == trt.DataType.HALF else torch.float32
-        result = torch.empty(out_shape, dtype=out_dtype, device=torch_device)
-        context.set_tensor_address(output, result.data_ptr())
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError(f"TensorRT execution failed for {path}")
-        stream.synchronize()
-        return result.float().cpu().numpy()
-
-    return inputs, run
+    return EngineRunner(trt, engine, path, device)

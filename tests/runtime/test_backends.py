@@ -61,3 +61,41 @@ def test_tensorrt_backend_off_gpu(tmp_path):
 
 def test_registry_names():
     assert set(BACKENDS) == {"torch", "onnxruntime", "tensorrt"}
+
+
+def test_tensorrt_ep_gets_profile_shapes_and_engine_cache(monkeypatch, tiny_export, tmp_path):
+    """ORT's TensorRT EP builds engines at request time unless told the shape range and where to cache them."""
+    import onnxruntime
+
+    seen = {}
+
+    class Session:
+        def __init__(self, path, options, providers):
+            seen["providers"] = providers
+
+        def get_providers(self):
+            return [p[0] if isinstance(p, tuple) else p for p in seen["providers"]]
+
+        def get_inputs(self):
+            return [type("I", (), {"name": n}) for n in ("input_ids", "attention_mask", "token_type_ids")]
+
+        def get_outputs(self):
+            return [type("O", (), {"name": "logits", "type": "tensor(float)"})]
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxruntime, "InferenceSession", Session)
+    onnxruntime_backend(tiny_export / "model.onnx", device="cuda:1", tensorrt_ep=True, trt_max_batch=16,
+                        trt_max_seq=64)
+    name, options = seen["providers"][0]
+    assert name == "TensorrtExecutionProvider" and options["device_id"] == 1 and options["trt_fp16_enable"]
+    names = ("input_ids", "attention_mask", "token_type_ids")
+    assert options["trt_profile_min_shapes"] == ",".join(f"{n}:1x1" for n in names)
+    assert options["trt_profile_opt_shapes"] == ",".join(f"{n}:8x32" for n in names)
+    assert options["trt_profile_max_shapes"] == ",".join(f"{n}:16x64" for n in names)
+    cache = tiny_export / "trt_cache"  # default: beside the model, so a restart reuses the engine
+    assert options["trt_engine_cache_enable"] and options["trt_engine_cache_path"] == str(cache)
+    assert options["trt_timing_cache_enable"] and options["trt_timing_cache_path"] == str(cache)
+    onnxruntime_backend(tiny_export / "model.onnx", device="cuda", tensorrt_ep=True, trt_cache_dir=tmp_path)
+    assert seen["providers"][0][1]["trt_engine_cache_path"] == str(tmp_path)
+    assert seen["providers"][0][1]["trt_profile_max_shapes"].endswith("token_type_ids:64x128")  # defaults

@@ -182,9 +182,48 @@ def test_cuda_graphs_replay_matches_eager_per_shape(tiny_bert_dir):
     assert len(graphs._graphs) == 2  # one capture per shape, replayed afterwards
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU (torch.compile with CUDA graphs)")
+def test_torch_compile_runner_matches_eager_per_shape(tiny_bert_dir):
+    from runtime.bench_models import load_runner
+
+    spec = ModelSpec("student", str(tiny_bert_dir), False, "torch", device="cuda", precision="fp32")
+    eager, _ = load_runner(spec)
+    compiled, _ = load_runner(ModelSpec(**{**spec.to_dict(), "compile_mode": "reduce-overhead", "pad_heads": True}))
+    assert "torch.compile:reduce-overhead" in compiled.providers
+    for batch, seq in ((2, 16), (4, 9), (2, 16)):
+        inputs = bench.synthetic_batch(batch, seq, 30522, seed=batch * seq)
+        inputs["attention_mask"][:, seq - 3:] = 0
+        np.testing.assert_allclose(compiled(inputs), eager(inputs), atol=1e-3)
+
+
 @pytest.mark.skipif(_cuda(), reason="checks the CPU-only behaviour")
 def test_gpu_latency_script_skips_with_one_line_reason_on_cpu(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_latency.py"), "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0
     assert done.stdout.startswith("skipped: ") and done.stdout.count("\n") == 1
+
+
+# ------------------------------------------------------------------------- TensorRT export dirs (fake)
+
+def test_tensorrt_export_dir_is_benched_within_its_engine_profile(monkeypatch, tiny_bert_dir, tmp_path):
+    """An export whose engine takes batch <= 4, seq <= 32: bench batches of 8 run as the Classifier runs them
+    (in chunks the engine accepts); a sequence longer than the profile is one error before any timing."""
+    from fake_tensorrt import install, make_fake_tensorrt
+
+    from runtime.backends import onnxruntime_backend
+    from runtime.bench_models import BenchModelError, load_runner
+    from runtime.export import ExportOptions, export
+
+    install(monkeypatch, make_fake_tensorrt(10))
+    out = tmp_path / "export"
+    export(tiny_bert_dir, out, ExportOptions(optimize=None, tensorrt=True, max_batch=4, max_seq=32),
+           log=lambda *_: None)
+    runner, info = load_runner(ModelSpec("student", str(out), False, "tensorrt", device="cpu", precision="fp16"))
+    batch = bench.synthetic_batch(8, 16, 30522, seed=3)
+    np.testing.assert_allclose(runner(batch), onnxruntime_backend(out / "model.onnx")(batch), atol=1e-5)
+    assert info["variant"] == "tensorrt"
+    with pytest.raises(BenchModelError, match=r"sequence 128 .* --max-seq 128") as err:
+        runner(bench.synthetic_batch(2, 128, 30522))
+    assert "\n" not in str(err.value)

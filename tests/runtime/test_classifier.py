@@ -139,3 +139,49 @@ def test_real_minilm_same_labels_torch_and_onnxruntime(minilm_clf_dir, minilm_ex
     assert accuracy > 0.6
     assert json.loads((minilm_export / "config.json").read_text())["finetuning_task"] == "sst2"
     assert Classifier.load(minilm_export).is_pair is False
+
+
+def test_auto_skips_a_variant_whose_parity_did_not_pass(tiny_export, tmp_path):
+    """An fp16 graph recorded as 'needs a GPU' (or any variant not verified) is never picked by auto."""
+    copy = tmp_path / "export"
+    shutil.copytree(tiny_export, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["parity"]["optimized"] = {"status": "needs a GPU", "reason": "no CPU kernel"}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    clf = Classifier.load(copy, device="cpu")
+    assert (clf.backend.name, clf.variant) == ("onnxruntime", "fp32")
+    asked = Classifier.load(copy, device="cpu", variant="optimized")  # named explicitly: the caller's choice
+    assert asked.variant == "optimized"
+    manifest["parity"]["fp32"] = {"status": "needs a GPU"}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BackendUnavailable, match="parity did not pass") as err:
+        Classifier.load(copy, backend="onnxruntime", device="cpu")
+    assert "\n" not in str(err.value)
+
+
+def _ort_cuda() -> bool:
+    import onnxruntime
+
+    from runtime.backends import gpu_available
+
+    return gpu_available() and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_hf_dir_on_cuda_matches_cpu(tiny_bert_dir):
+    cpu = Classifier.load(tiny_bert_dir, device="cpu")
+    gpu = Classifier.load(tiny_bert_dir)  # auto: the GPU first
+    assert gpu.backend.providers == ["torch:cuda"] and gpu.backend.device == "cuda"
+    np.testing.assert_allclose(gpu.logits(TEXTS * 20), cpu.logits(TEXTS * 20), atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _ort_cuda(), reason="needs a CUDA GPU and onnxruntime-gpu")
+def test_fp16_export_is_verified_on_cuda_and_served_first(tiny_bert_dir, tmp_path):
+    from runtime.export import ExportOptions, export
+
+    manifest = export(tiny_bert_dir, tmp_path / "out", ExportOptions(fp16=True), log=lambda *_: None)
+    assert manifest["parity"]["fp16"]["device"] == "cuda" and manifest["parity"]["fp16"]["status"] == "passed"
+    clf = Classifier.load(tmp_path / "out")
+    assert clf.variant == "fp16" and "CUDAExecutionProvider" in clf.info()["providers"]

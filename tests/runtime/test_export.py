@@ -9,7 +9,7 @@ import pytest
 
 from runtime.backends import onnxruntime_backend
 from runtime.classifier import Classifier, sha256_file
-from runtime.export import ExportError, ExportOptions, check_parity, main, parity_sentences
+from runtime.export import ExportError, ExportOptions, check_parity, export, main, parity_sentences
 
 VARIANTS = {"fp32": "model.onnx", "optimized": "model_optimized.onnx", "fp16": "model_fp16.onnx",
             "int8": "model_int8.onnx"}
@@ -134,3 +134,63 @@ def test_real_minilm_optimum_agrees(minilm_export, sst2_dev):
     np.testing.assert_allclose(Classifier.load(minilm_export).logits(texts), expected, atol=1e-5)
     backend = onnxruntime_backend(minilm_export / "model.onnx")
     assert backend.providers == ["CPUExecutionProvider"]
+
+
+# ------------------------------------------------------------------------- GPU paths, checked on fakes
+
+def test_tensorrt_parity_fits_a_profile_smaller_than_the_parity_batch(monkeypatch, tiny_bert_dir, tmp_path):
+    """--max-batch 8 (the parity set has 32 sentences): parity must send batches the engine accepts."""
+    from fake_tensorrt import install, make_fake_tensorrt
+
+    fake = install(monkeypatch, make_fake_tensorrt(10))
+    manifest = export(tiny_bert_dir, tmp_path / "out", ExportOptions(optimize=None, tensorrt=True, max_batch=8,
+                                                                     max_seq=64), log=lambda *_: None)
+    parity = manifest["parity"]["tensorrt"]
+    assert parity["status"] == "passed" and parity["n"] == 32 and parity["max_abs_logit_diff"] < 1e-5
+    assert manifest["tensorrt"]["max_batch"] == 8 and fake.engines  # the (fake) engine really ran
+    assert json.loads((tmp_path / "out" / "model_fp16.engine.json").read_text())["shapes"]["max"] == [8, 64]
+
+
+def test_fp16_is_verified_on_cuda_when_this_machine_has_one(monkeypatch, tiny_bert_dir, tmp_path):
+    """On a GPU machine with onnxruntime-gpu the fp16 graph's parity is measured on the CUDA EP."""
+    import onnxruntime
+
+    import runtime.export as export_module
+
+    calls = []
+    real = export_module.onnxruntime_backend
+
+    def recording_backend(path, device="cpu", **kwargs):
+        calls.append((path.parent.name, device))
+        return real(path, **kwargs)  # this machine has no CUDA: the same graph on the CPU stands in
+
+    monkeypatch.setattr("runtime.backends.gpu_available", lambda: True)
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(export_module, "onnxruntime_backend", recording_backend)
+    manifest = export(tiny_bert_dir, tmp_path / "out", ExportOptions(optimize=None, fp16=True), log=lambda *_: None)
+    assert ("fp16", "cuda") in calls and all(device == "cpu" for variant, device in calls if variant != "fp16")
+    assert manifest["parity"]["fp16"]["status"] == "passed" and manifest["parity"]["fp16"]["device"] == "cuda"
+    assert manifest["parity"]["fp32"]["device"] == "cpu"
+
+
+def test_fp16_that_cuda_cannot_start_is_recorded_not_passed(monkeypatch, tiny_bert_dir, tmp_path):
+    import onnxruntime
+
+    import runtime.export as export_module
+    from runtime.backends import BackendUnavailable
+
+    real = export_module.onnxruntime_backend
+
+    def backend(path, device="cpu", **kwargs):
+        if device == "cuda":
+            raise BackendUnavailable("onnxruntime could not start CUDAExecutionProvider (session runs on CPU)")
+        return real(path, **kwargs)
+
+    monkeypatch.setattr("runtime.backends.gpu_available", lambda: True)
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(export_module, "onnxruntime_backend", backend)
+    manifest = export(tiny_bert_dir, tmp_path / "out", ExportOptions(optimize=None, fp16=True), log=lambda *_: None)
+    fp16 = manifest["parity"]["fp16"]
+    assert fp16["status"] == "not verified" and "could not start CUDAExecutionProvider" in fp16["reason"]
