@@ -133,15 +133,19 @@ class Server:
 
 
 @contextlib.contextmanager
-def bento_server(model_dir: str | Path, env: dict[str, str] | None = None, ready_timeout_s: float = 300,
+def bento_server(model_dir: str | Path | None, env: dict[str, str] | None = None, ready_timeout_s: float = 300,
                  log_dir: str | Path | None = None) -> Iterator[Server]:
-    """``bentoml serve`` the service on a free 127.0.0.1 port in its own process group; stopped on exit."""
+    """``bentoml serve`` the service on a free 127.0.0.1 port in its own process group; stopped on exit.
+    ``model_dir=None`` serves the model store's model (``BENTOML_HOME`` is ``log_dir/bentoml_home``)."""
     port = free_port()
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="serve_load_"))
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"bentoml_serve_{port}.log"
-    child_env = {**os.environ, "COMPRESSOR_MODEL_DIR": str(model_dir), "BENTOML_DO_NOT_TRACK": "True",
-                 "BENTOML_HOME": str(log_dir / "bentoml_home"), **(env or {})}
+    child_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": str(log_dir / "bentoml_home"),
+                 **(env or {})}
+    child_env.pop("COMPRESSOR_MODEL_DIR", None)
+    if model_dir is not None:
+        child_env["COMPRESSOR_MODEL_DIR"] = str(model_dir)
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=child_env, stdout=log, stderr=subprocess.STDOUT,
@@ -244,8 +248,12 @@ def run_load(url: str, payloads: Sequence[dict], concurrency: int, time_limit_s:
         job.write_text(json.dumps({"url": url, "payloads": list(payloads), "clients": concurrency,
                                    "time_limit_s": time_limit_s, "timeout_s": timeout_s,
                                    "keep_answers": keep_answers, "out": str(out)}))
-        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--client-job", str(job)],
-                              capture_output=True, text=True, timeout=time_limit_s + timeout_s + 60)
+        try:
+            done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--client-job", str(job)],
+                                  capture_output=True, text=True, timeout=time_limit_s + timeout_s + 60)
+        except subprocess.TimeoutExpired:
+            raise LoadError(f"the load generator ran past {time_limit_s + timeout_s + 60:.0f} s: is the machine "
+                            "overloaded? (see uptime)") from None
         if done.returncode != 0 or not out.is_file():
             raise LoadError(f"the load generator failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}")
         result = json.loads(out.read_text())

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from http import HTTPStatus
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 from bentoml.exceptions import BentoMLException
 
@@ -55,9 +55,11 @@ def error_message(body: bytes, status: int) -> str:
     return one_line(data or "") or HTTPStatus(status).phrase
 
 
-def openapi_with_errors(spec: dict, statuses: Mapping[str, Mapping[int, str]]) -> dict:
-    """``spec`` with the ``Error`` schema, each operation's error statuses pointing at it, and the statuses in
-    ``statuses`` (route -> {status: description}) added to those routes' POST operations."""
+def openapi_with_errors(spec: dict, statuses: Mapping[str, Mapping[int, str]],
+                        body_required: Collection[str] = ()) -> dict:
+    """``spec`` with the ``Error`` schema, each operation's error statuses pointing at it, the statuses in
+    ``statuses`` (route -> {status: description}) added to those routes' POST operations, and the request
+    body marked required on the routes in ``body_required`` (BentoML leaves it optional)."""
     spec.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
     for route, item in spec.get("paths", {}).items():
         for operation in item.values():
@@ -67,18 +69,23 @@ def openapi_with_errors(spec: dict, statuses: Mapping[str, Mapping[int, str]]) -
             for code, response in responses.items():
                 if int(code) >= 400:
                     response["content"] = {"application/json": {"schema": ERROR_REF}}
-            for code, description in statuses.get(route, {}).items() if "requestBody" in operation else ():
+            if "requestBody" not in operation:
+                continue
+            for code, description in statuses.get(route, {}).items():
                 responses[str(code)] = {"description": description,
                                         "content": {"application/json": {"schema": ERROR_REF}}}
+            if route in body_required:
+                operation["requestBody"]["required"] = True
     return spec
 
 
 class ContractMiddleware:
     """Pure ASGI middleware (``Service.add_asgi_middleware``): one-line JSON error bodies, complete OpenAPI."""
 
-    def __init__(self, app, statuses: Mapping[str, Mapping[int, str]]):
+    def __init__(self, app, statuses: Mapping[str, Mapping[int, str]], body_required: Collection[str] = ()):
         self.app = app
         self.statuses = statuses
+        self.body_required = body_required
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -106,7 +113,7 @@ class ContractMiddleware:
     async def _send_rewritten(self, send, start: dict, body: bytes, is_openapi: bool) -> None:
         status = start["status"]
         if status < 400:  # the OpenAPI document
-            payload = openapi_with_errors(json.loads(body), self.statuses)
+            payload = openapi_with_errors(json.loads(body), self.statuses, self.body_required)
         else:
             payload = {"error": error_message(body, status)}
         content = json.dumps(payload).encode()

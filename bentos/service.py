@@ -47,11 +47,13 @@ class BentoArgs(BaseModel):
 ARGS = bentoml.use_arguments(BentoArgs)
 # The ONNX Runtime path needs no torch: the CPU image has none (it serves runtime.export directories); the
 # GPU image has onnxruntime-gpu and CUDA torch (PyPI's Linux wheels), for ORT CUDA or the torch back end.
+# One CUDA major for both: PyPI's onnxruntime-gpu is built for CUDA 12 and torch up to 2.10 ships CUDA 12
+# libraries (2.11 and later ship CUDA 13); runtime imports torch first, which loads them for ORT's CUDA EP.
 RUNTIME_PACKAGES = ("transformers>=4.57,<4.58", "tokenizers>=0.21", "numpy")
 IMAGES = {
     "cpu": bentoml.images.Image(python_version="3.11").python_packages(*RUNTIME_PACKAGES, "onnxruntime>=1.20"),
     "gpu": bentoml.images.Image(python_version="3.11").python_packages(
-        *RUNTIME_PACKAGES, "onnxruntime-gpu>=1.20", "torch>=2.4", "safetensors"),
+        *RUNTIME_PACKAGES, "onnxruntime-gpu>=1.20,<2", "torch>=2.4,<2.11", "safetensors"),
 }
 
 
@@ -247,4 +249,4 @@ TextClassifier.add_asgi_middleware(ContractMiddleware, statuses={"/classify": {
     422: "a text longer than COMPRESSOR_MAX_CHARS characters, texts sent to a pair model, or pairs to a "
          "single-text model",
     503: "the server is overloaded (the request waited past COMPRESSOR_MAX_LATENCY_MS): retry later",
-}})
+}}, body_required=["/classify"])

@@ -175,3 +175,26 @@ def test_export_directory_served_on_onnxruntime(serve_load, server_env, tiny_dir
     assert info["threads"] == {"intra_op": 1, "inter_op": 1, "spinning": False}  # what the session was given
     assert info["model_hash"] == tiny_classifier.model_hash
     assert [a["label"] for a in answers] == [e["label"] for e in tiny_classifier(texts)]
+
+
+def test_model_from_the_store_is_served(serve_load, server_env, tiny_dir, tiny_classifier, tmp_path):
+    """`python -m bentos.store` puts a model into BentoML's store; without COMPRESSOR_MODEL_DIR the service
+    serves the store's latest version (what `bentoml build` packs into a Bento)."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "bentoml_home"
+    stored = subprocess.run([sys.executable, "-m", "bentos.store", str(tiny_dir)], capture_output=True, text=True,
+                            env={**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"},
+                            cwd=serve_load.REPO, timeout=300)
+    assert stored.returncode == 0, stored.stderr
+    tag = stored.stdout.strip().splitlines()[-1]
+    assert tag.startswith("ernie-tiny-classifier:")
+    with serve_load.bento_server(None, env=server_env, log_dir=tmp_path) as server:
+        info = post(server, "/model_info", {}).json()
+    assert info["model_hash"] == tiny_classifier.model_hash
+    assert info["path"].startswith(str(home / "models" / "ernie-tiny-classifier"))
+    bad = subprocess.run([sys.executable, "-m", "bentos.store", str(tmp_path / "nope")], capture_output=True,
+                         text=True, env={**os.environ, "BENTOML_HOME": str(home)}, cwd=serve_load.REPO, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1

@@ -99,7 +99,8 @@ def test_openapi_lists_every_error_status():
                 "400": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/InvalidArgument"}}}}}}},
             "/healthz": {"get": {"responses": {"200": {"description": "ok"}}}}},
             "components": {"schemas": {}}}
-    out = contract.openapi_with_errors(spec, {"/classify": {422: "wrong kind"}})
+    out = contract.openapi_with_errors(spec, {"/classify": {422: "wrong kind"}}, body_required=["/classify"])
+    assert out["paths"]["/classify"]["post"]["requestBody"]["required"] is True
     responses = out["paths"]["/classify"]["post"]["responses"]
     assert responses["400"]["content"]["application/json"]["schema"] == contract.ERROR_REF
     assert responses["422"]["description"] == "wrong kind" and "200" in responses
