@@ -162,13 +162,18 @@ def _seq(length: int, finetune: bool = True) -> dict[str, Any]:
     return out
 
 
+def _local_corpus(path: str) -> dict:
+    """The local corpus file replaces the recipe's hub dataset (a recipe names one or the other)."""
+    return {"general.files": [path], "general.dataset": None, "general.dataset_config": None}
+
+
 SCALES: dict[str, Scale] = {s.name: s for s in (
     Scale(
         name="tiny",
         summary="smoke test: a tiny teacher (--teacher), a narrow student, a handful of steps",
         teacher=None, tasks=("sst2",),
         settings={
-            "task.glue_dir": _GLUE, "general.files": [_CORPUS], "general.max_blocks": 256,
+            "task.glue_dir": _GLUE, **_local_corpus(_CORPUS), "general.max_blocks": 256,
             "task.max_train_samples": 64, "task.max_eval_samples": 64,
             "teacher.finetune": {"epochs": 1, "max_steps": 4, "learning_rate": 1e-3, "batch_size": 16,
                                  "max_seq_length": 32},
@@ -187,7 +192,7 @@ SCALES: dict[str, Scale] = {s.name: s for s in (
         # Stage schedules are compressor/configs/demo.yaml's (GD doubled: it is paid once for all runs);
         # slices sized from step times measured here: an estimated 45 min on 2 otherwise idle cores.
         settings={
-            "task.glue_dir": _GLUE, "general.files": [_CORPUS],
+            "task.glue_dir": _GLUE, **_local_corpus(_CORPUS),
             "teacher.finetune": {"epochs": 1, "learning_rate": 1e-4, "batch_size": 32, "max_seq_length": 64},
             "logging_steps": 25, "save_steps": 200, "augment": {"transfer": {"max_examples": 12000}},
             **_schedule(
@@ -210,7 +215,7 @@ SCALES: dict[str, Scale] = {s.name: s for s in (
         teacher=None, tasks=("sst2", "mrpc", "cola", "stsb"), needs_cuda=True,
         fetch_teacher="all-mpnet-base-v2",
         settings={
-            "task.glue_dir": _GLUE, "general.files": [_CORPUS],
+            "task.glue_dir": _GLUE, **_local_corpus(_CORPUS),
             "teacher.finetune": {"epochs": 3, "learning_rate": 2e-5, "batch_size": 32, "max_seq_length": 128},
             "logging_steps": 100, "save_steps": 1000, "augment": {"transfer": {"max_examples": 100000}},
             **_schedule(
@@ -592,7 +597,7 @@ def make_plan(args: argparse.Namespace, extra: list[str]) -> Plan:
     if args.glue_dir:
         overrides["task.glue_dir"] = args.glue_dir
     if args.corpus:
-        overrides["general.files"] = [args.corpus]
+        overrides.update(_local_corpus(args.corpus))
     out = Path(args.output_dir).resolve()
     return Plan(scale, tasks, [VARIANTS[k] for k in keys], out, resolve_teacher(scale, args.teacher, out), overrides)
 
