@@ -194,7 +194,7 @@ SCALES: dict[str, Scale] = {s.name: s for s in (
         settings={
             "task.glue_dir": _GLUE, **_local_corpus(_CORPUS),
             "teacher.finetune": {"epochs": 1, "learning_rate": 1e-4, "batch_size": 32, "max_seq_length": 64},
-            "logging_steps": 25, "save_steps": 200, "augment": {"transfer": {"max_examples": 12000}},
+            "logging_steps": 25, "save_steps": 200, "augment": {"transfer": {"max_examples": 6000}},
             **_schedule(
                 gd=dict(max_steps=300, batch_size=32, max_seq_length=64, learning_rate=5e-4),
                 ged=dict(max_steps=150, batch_size=32, max_seq_length=64, learning_rate=5e-4),
@@ -204,7 +204,10 @@ SCALES: dict[str, Scale] = {s.name: s for s in (
         },
         per_task={
             "sst2": {"task.max_train_samples": 5000},
-            "mrpc": {**_seq(128), "task.max_train_samples": 2500, "teacher.finetune.epochs": 3},
+            # pairs: three TSD epochs as the paper recipe (one leaves every student near the majority class);
+            # a transfer set as large as the task slice
+            "mrpc": {**_seq(128), "task.max_train_samples": 2500, "teacher.finetune.epochs": 3,
+                     "stages.tsd.epochs": 3, "augment.transfer.max_examples": 2500},
             "cola": {"task.max_train_samples": 5000, "teacher.finetune.epochs": 2},
             "stsb": {**_seq(128), "task.max_train_samples": 2500, "teacher.finetune.epochs": 3},
         },
@@ -608,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "e.g. --stages.tsd.epochs 3 --stages.gd.max_steps 1000")
     p.add_argument("--scale", choices=list(SCALES), default="demo")
     p.add_argument("--tasks", help="comma-separated GLUE tasks (default: the scale's)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of a,b,c,d,e")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
     p.add_argument("--output-dir", default=None, help="default: runs/reproduce-<scale>; rerun to resume")
     p.add_argument("--teacher", help="pretrained encoder (HF dir or hub id) instead of the scale's")
     p.add_argument("--glue-dir", help=f"GLUE folder with the standard TSVs (default: {_GLUE})")
