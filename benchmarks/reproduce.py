@@ -193,13 +193,14 @@ SCALES: dict[str, Scale] = {s.name: s for s in (
         # slices sized from step times measured here: an estimated 45 min on 2 otherwise idle cores.
         settings={
             "task.glue_dir": _GLUE, **_local_corpus(_CORPUS),
-            "teacher.finetune": {"epochs": 1, "learning_rate": 1e-4, "batch_size": 32, "max_seq_length": 64},
+            "teacher.finetune": {"epochs": 1, "learning_rate": 1e-4, "batch_size": 32, "max_seq_length": 64,
+                                 "group_by_length": True},
             "logging_steps": 25, "save_steps": 200, "augment": {"transfer": {"max_examples": 6000}},
             **_schedule(
                 gd=dict(max_steps=300, batch_size=32, max_seq_length=64, learning_rate=5e-4),
                 ged=dict(max_steps=150, batch_size=32, max_seq_length=64, learning_rate=5e-4),
-                tad=dict(epochs=1, batch_size=32, max_seq_length=64, learning_rate=3e-4),
-                tsd=dict(epochs=1, batch_size=32, max_seq_length=64, learning_rate=2e-4),
+                tad=dict(epochs=1, batch_size=32, max_seq_length=64, learning_rate=3e-4, group_by_length=True),
+                tsd=dict(epochs=1, batch_size=32, max_seq_length=64, learning_rate=2e-4, group_by_length=True),
             ),
         },
         per_task={
@@ -219,13 +220,14 @@ SCALES: dict[str, Scale] = {s.name: s for s in (
         fetch_teacher="all-mpnet-base-v2",
         settings={
             "task.glue_dir": _GLUE, **_local_corpus(_CORPUS),
-            "teacher.finetune": {"epochs": 3, "learning_rate": 2e-5, "batch_size": 32, "max_seq_length": 128},
+            "teacher.finetune": {"epochs": 3, "learning_rate": 2e-5, "batch_size": 32, "max_seq_length": 128,
+                                 "group_by_length": True},
             "logging_steps": 100, "save_steps": 1000, "augment": {"transfer": {"max_examples": 100000}},
             **_schedule(
                 gd=dict(max_steps=4000, batch_size=64, max_seq_length=128, learning_rate=5e-4),
                 ged=dict(max_steps=2000, batch_size=64, max_seq_length=128, learning_rate=3e-4),
-                tad=dict(epochs=10, batch_size=32, learning_rate=1e-4),
-                tsd=dict(epochs=3, batch_size=32, learning_rate=5e-5),
+                tad=dict(epochs=10, batch_size=32, learning_rate=1e-4, group_by_length=True),
+                tsd=dict(epochs=3, batch_size=32, learning_rate=5e-5, group_by_length=True),
             ),
         },
         per_task={name: _seq(length) for name, length in _PAIR_SEQ.items()},
