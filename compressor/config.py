@@ -9,6 +9,7 @@ Every mistake a user can make in a recipe (unknown key, wrong type, unknown loss
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import os
@@ -327,7 +328,7 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
                 raise ConfigError(f"override --{dotted}: {'.'.join(parts[:depth])} is not a mapping")
         if isinstance(node, list):
             raise ConfigError(f"override --{dotted}: address a stage by name, e.g. --stages.tsd.epochs 3")
-        node[parts[-1]] = value
+        node[parts[-1]] = copy.deepcopy(value)  # never share a mutable value between recipes
     return data
 
 

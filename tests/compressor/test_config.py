@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from compressor.config import ConfigError, load_recipe, parse_overrides
+from compressor.config import ConfigError, apply_overrides, load_recipe, parse_overrides
 
 CONFIGS = Path(__file__).resolve().parents[2] / "compressor" / "configs"
 
@@ -120,3 +120,12 @@ def test_bad_overrides(tmp_path, demo, args, message):
 
 def test_parse_overrides_types():
     assert parse_overrides(["--a.b", "[x, y]", "--c=true", "--d", "0.5"]) == {"a.b": ["x", "y"], "c": True, "d": 0.5}
+
+
+def test_overrides_never_share_a_value_between_recipes():
+    """A settings dict applied to two recipes, then a dotted key on one of them, leaves the other alone."""
+    shared = {"teacher.finetune": {"epochs": 1}}
+    first = apply_overrides({"teacher": {}}, shared)
+    second = apply_overrides({"teacher": {}}, {**shared, "teacher.finetune.epochs": 3})
+    assert first["teacher"]["finetune"]["epochs"] == 1 and second["teacher"]["finetune"]["epochs"] == 3
+    assert shared["teacher.finetune"] == {"epochs": 1}
