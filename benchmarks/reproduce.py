@@ -95,6 +95,14 @@ VARIANTS: dict[str, Variant] = {v.key: v for v in (
             settings={"student.init": "pruned"}),
     Variant("g", "(g) (f) + augmented task data (transfer set) in TAD and TSD", ("gd", "ged", "tad", "tsd"),
             after_gd=False, settings={"student.init": "pruned", "stages.tad.augment": True, "stages.tsd.augment": True}),
+    # (f)/(g) keep the random-start schedule; a student cut from the fine-tuned teacher needs recovery, not
+    # re-learning: no GD (the pretrained teacher would pull it away from the fine-tuned one), smaller rates,
+    # TSD on the teacher's predictions (demo.yaml's recipe)
+    Variant("h", "(h) pruned + GED + TAD + TSD with the transfer set, recovery rates, no GD (demo.yaml)",
+            ("ged", "tad", "tsd"), after_gd=False,
+            settings={"student.init": "pruned", "stages.tad.augment": True, "stages.tsd.augment": True,
+                      "stages.ged.learning_rate": 2e-4, "stages.tad.learning_rate": 2e-4,
+                      "stages.tsd.learning_rate": 1e-4, "stages.tsd.losses": {"soft": 1.0, "hard": 1.0}}),
 )}
 GD_STAGE = "gd"
 

@@ -41,7 +41,7 @@ def _finite(x) -> bool:
 def test_table_has_teacher_and_five_students_with_measured_numbers(tiny_run, reproduce):
     out, results = tiny_run
     rows = {r["key"]: r for r in results["rows"]}
-    assert list(rows) == ["teacher", "a", "b", "c", "d", "e", "p", "f", "g"]
+    assert list(rows) == ["teacher", "a", "b", "c", "d", "e", "p", "f", "g", "h"]
     for row in rows.values():
         assert _finite(row["scores"]["sst2"]) and 0.0 <= row["scores"]["sst2"] <= 1.0
         assert row["average"] == row["scores"]["sst2"]
@@ -49,7 +49,7 @@ def test_table_has_teacher_and_five_students_with_measured_numbers(tiny_run, rep
         assert isinstance(row["params"], int) and row["params"] > 0
         assert _finite(row["speedup"]) and row["speedup"] > 0
     assert rows["teacher"]["retention"] == 1.0
-    students = [rows[k] for k in "abcdefgp"]
+    students = [rows[k] for k in "abcdefghp"]
     assert len({r["params"] for r in students}) == 1, "all students must have one shape"
     f_report = json.loads((out / "runs" / "sst2" / "f" / "report.json").read_text())
     assert rows["p"]["scores"]["sst2"] == f_report["pruned"]["dev"]["accuracy"]  # (p) is (f)'s start, untrained
@@ -71,11 +71,11 @@ def test_table_has_teacher_and_five_students_with_measured_numbers(tiny_run, rep
 def test_students_get_their_stages_and_share_gd_and_ged(tiny_run):
     out, results = tiny_run
     runs = out / "runs" / "sst2"
-    reports = {k: json.loads((runs / k / "report.json").read_text()) for k in "abcdefg"}
-    recipes = {k: yaml.safe_load((runs / k / "recipe.yaml").read_text()) for k in "abcdefg"}
+    reports = {k: json.loads((runs / k / "report.json").read_text()) for k in "abcdefgh"}
+    recipes = {k: yaml.safe_load((runs / k / "recipe.yaml").read_text()) for k in "abcdefgh"}
     assert {k: [s["name"] for s in r["stages"]] for k, r in reports.items()} == {
         "a": ["direct"], "b": ["tsd"], "c": ["tsd"], "d": ["ged", "tsd"], "e": ["ged", "tad", "tsd"],
-        "f": ["gd", "ged", "tad", "tsd"], "g": ["gd", "ged", "tad", "tsd"]}
+        "f": ["gd", "ged", "tad", "tsd"], "g": ["gd", "ged", "tad", "tsd"], "h": ["ged", "tad", "tsd"]}
     assert not (runs / "p").exists()  # (p) reads (f)'s pruned start
     assert recipes["f"]["student"]["init"] == recipes["g"]["student"]["init"] == "pruned"
     # (g) = (f) + the transfer set in TAD and TSD: GD and GED shared with (f), the pruned start copied
@@ -83,6 +83,9 @@ def test_students_get_their_stages_and_share_gd_and_ged(tiny_run):
     assert [s.get("augment", False) for s in recipes["g"]["stages"]] == [False, False, True, True]
     assert reports["g"]["stages"][3]["rows"] == {"task": 64, "transfer": 16}
     assert (runs / "g" / "pruned" / "prune.json").read_text() == (runs / "f" / "pruned" / "prune.json").read_text()
+    # (h): the demo recipe's shape: no GD, the transfer set in TAD and TSD, TSD on predictions and gold labels
+    assert recipes["h"]["student"]["init"] == "pruned" and reports["h"]["stages"][2]["losses"] == {"soft": 1.0, "hard": 1.0}
+    assert reports["h"]["stages"][2]["rows"] == {"task": 64, "transfer": 16}
     assert reports["a"]["stages"][0]["losses"] == {"hard": 1.0}
     assert reports["b"]["stages"][0]["losses"] == reports["c"]["stages"][0]["losses"]
     assert {"soft", "hard", "hidden"} <= set(reports["b"]["stages"][0]["losses"])
