@@ -159,13 +159,18 @@ def _seq(length: int, finetune: bool = True) -> dict[str, Any]:
     return out
 
 
+def _local_corpus(path: str) -> dict:
+    """The local corpus file replaces the recipe's hub dataset (a recipe names one or the other)."""
+    return {"general.files": [path], "general.dataset": None, "general.dataset_config": None}
+
+
 SCALES: dict[str, Scale] = {s.name: s for s in (
     Scale(
         name="tiny",
         summary="smoke test: a tiny teacher (--teacher), a narrow student, a handful of steps",
         teacher=None, tasks=("sst2",),
         settings={
-            "task.glue_dir": _GLUE, "general.files": [_CORPUS], "general.max_blocks": 256,
+            "task.glue_dir": _GLUE, **_local_corpus(_CORPUS), "general.max_blocks": 256,
             "task.max_train_samples": 64, "task.max_eval_samples": 64,
             "teacher.finetune": {"epochs": 1, "max_steps": 4, "learning_rate": 1e-3, "batch_size": 16,
                                  "max_seq_length": 32},
@@ -184,19 +189,23 @@ SCALES: dict[str, Scale] = {s.name: s for s in (
         # Stage schedules are compressor/configs/demo.yaml's (GD doubled: it is paid once for all runs);
         # slices sized from step times measured here: an estimated 45 min on 2 otherwise idle cores.
         settings={
-            "task.glue_dir": _GLUE, "general.files": [_CORPUS],
-            "teacher.finetune": {"epochs": 1, "learning_rate": 1e-4, "batch_size": 32, "max_seq_length": 64},
-            "logging_steps": 25, "save_steps": 200, "augment": {"transfer": {"max_examples": 12000}},
+            "task.glue_dir": _GLUE, **_local_corpus(_CORPUS),
+            "teacher.finetune": {"epochs": 1, "learning_rate": 1e-4, "batch_size": 32, "max_seq_length": 64,
+                                 "group_by_length": True},
+            "logging_steps": 25, "save_steps": 200, "augment": {"transfer": {"max_examples": 6000}},
             **_schedule(
                 gd=dict(max_steps=300, batch_size=32, max_seq_length=64, learning_rate=5e-4),
                 ged=dict(max_steps=150, batch_size=32, max_seq_length=64, learning_rate=5e-4),
-                tad=dict(epochs=1, batch_size=32, max_seq_length=64, learning_rate=3e-4),
-                tsd=dict(epochs=1, batch_size=32, max_seq_length=64, learning_rate=2e-4),
+                tad=dict(epochs=1, batch_size=32, max_seq_length=64, learning_rate=3e-4, group_by_length=True),
+                tsd=dict(epochs=1, batch_size=32, max_seq_length=64, learning_rate=2e-4, group_by_length=True),
             ),
         },
         per_task={
             "sst2": {"task.max_train_samples": 5000},
-            "mrpc": {**_seq(128), "task.max_train_samples": 2500, "teacher.finetune.epochs": 3},
+            # pairs: three TSD epochs as the paper recipe (one leaves every student near the majority class);
+            # a transfer set as large as the task slice
+            "mrpc": {**_seq(128), "task.max_train_samples": 2500, "teacher.finetune.epochs": 3,
+                     "stages.tsd.epochs": 3, "augment.transfer.max_examples": 2500},
             "cola": {"task.max_train_samples": 5000, "teacher.finetune.epochs": 2},
             "stsb": {**_seq(128), "task.max_train_samples": 2500, "teacher.finetune.epochs": 3},
         },
@@ -207,14 +216,15 @@ SCALES: dict[str, Scale] = {s.name: s for s in (
         teacher=None, tasks=("sst2", "mrpc", "cola", "stsb"), needs_cuda=True,
         fetch_teacher="all-mpnet-base-v2",
         settings={
-            "task.glue_dir": _GLUE, "general.files": [_CORPUS],
-            "teacher.finetune": {"epochs": 3, "learning_rate": 2e-5, "batch_size": 32, "max_seq_length": 128},
+            "task.glue_dir": _GLUE, **_local_corpus(_CORPUS),
+            "teacher.finetune": {"epochs": 3, "learning_rate": 2e-5, "batch_size": 32, "max_seq_length": 128,
+                                 "group_by_length": True},
             "logging_steps": 100, "save_steps": 1000, "augment": {"transfer": {"max_examples": 100000}},
             **_schedule(
                 gd=dict(max_steps=4000, batch_size=64, max_seq_length=128, learning_rate=5e-4),
                 ged=dict(max_steps=2000, batch_size=64, max_seq_length=128, learning_rate=3e-4),
-                tad=dict(epochs=10, batch_size=32, learning_rate=1e-4),
-                tsd=dict(epochs=3, batch_size=32, learning_rate=5e-5),
+                tad=dict(epochs=10, batch_size=32, learning_rate=1e-4, group_by_length=True),
+                tsd=dict(epochs=3, batch_size=32, learning_rate=5e-5, group_by_length=True),
             ),
         },
         per_task={name: _seq(length) for name, length in _PAIR_SEQ.items()},
@@ -572,7 +582,7 @@ def make_plan(args: argparse.Namespace, extra: list[str]) -> Plan:
     if args.glue_dir:
         overrides["task.glue_dir"] = args.glue_dir
     if args.corpus:
-        overrides["general.files"] = [args.corpus]
+        overrides.update(_local_corpus(args.corpus))
     out = Path(args.output_dir).resolve()
     return Plan(scale, tasks, [VARIANTS[k] for k in keys], out, resolve_teacher(scale, args.teacher, out), overrides)
 
@@ -583,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "e.g. --stages.tsd.epochs 3 --stages.gd.max_steps 1000")
     p.add_argument("--scale", choices=list(SCALES), default="demo")
     p.add_argument("--tasks", help="comma-separated GLUE tasks (default: the scale's)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of a,b,c,d,e")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
     p.add_argument("--output-dir", default=None, help="default: runs/reproduce-<scale>; rerun to resume")
     p.add_argument("--teacher", help="pretrained encoder (HF dir or hub id) instead of the scale's")
     p.add_argument("--glue-dir", help=f"GLUE folder with the standard TSVs (default: {_GLUE})")

@@ -111,7 +111,8 @@ def _init_checkpoint(cfg: StudentConfig, teacher, task: Task) -> BertForSequence
         raise StudentError(f"student.checkpoint {cfg.checkpoint} has vocabulary {found.vocab_size} but the teacher's "
                            f"is {teacher.config.vocab_size}; the student must share the teacher's tokenizer")
     if labels_match(found, task) and "ForSequenceClassification" in "".join(found.architectures or []):
-        return AutoModelForSequenceClassification.from_pretrained(cfg.checkpoint)
+        # same labels: the head is kept, the task name and input kind (single/pair) become this task's
+        return AutoModelForSequenceClassification.from_pretrained(cfg.checkpoint, **label_maps(task))
     student = AutoModelForSequenceClassification.from_pretrained(cfg.checkpoint, ignore_mismatched_sizes=True,
                                                                  **label_maps(task))
     student._init_weights(student.classifier)

@@ -84,6 +84,7 @@ def test_overrides_reach_stages_by_name_and_parse_yaml_values(tmp_path, demo):
     (lambda d: d["stages"][0]["losses"].update(cosine=1.0), "unknown loss 'cosine'"),
     (lambda d: d["stages"][0]["losses"].update(hard=1.0), "soft/hard-label losses need task data"),
     (lambda d: d["stages"][0].update(max_steps=-1), "set max_steps"),
+    (lambda d: d["stages"][0].update(group_by_length=True), "group_by_length needs task data"),
     (lambda d: d["stages"][1].update(name="ged"), "appears twice"),
     (lambda d: d["stages"][2].update(epochs="three"), "stages[2].epochs must be a number"),
     (lambda d: d["student"].update(hidden_size=310), "must be divisible by num_attention_heads"),
