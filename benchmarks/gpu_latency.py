@@ -18,7 +18,6 @@ code on a CPU, as ``benchmarks/gpu_check.py --device cpu --tiny`` does.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -28,9 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # this checkout's runtime/, also where the package is not installed (a GPU machine)
     sys.path.insert(0, str(REPO))
 
+from ernie_common.io import write_json_atomic, write_text_atomic  # noqa: E402
 from runtime.backends import BackendUnavailable, gpu_available  # noqa: E402
 from runtime.bench_models import ARCHS, CompiledRunner  # noqa: E402
-from runtime.io import write_atomic  # noqa: E402
 
 DEFAULT_TEXTS = REPO.parent / "shared" / "data" / "glue" / "SST-2" / "dev.tsv"
 GOAL_MIN_BATCH = 32
@@ -133,7 +132,7 @@ def write_outputs(results: dict[str, dict], args, out: Path) -> str:
     """gpu_latency.json and .md as they stand (rewritten after every engine: a run cut short keeps both)."""
     from runtime import bench
 
-    write_atomic(out / "gpu_latency.json", lambda t: t.write_text(json.dumps(results, indent=2) + "\n"))
+    write_json_atomic(out / "gpu_latency.json", results)
     measured = [r for r in results.values() if "environment" in r]
     header = bench.describe(measured[0]).splitlines()[-1] if measured else ""
     shapes = f"{args.teacher_arch} vs {args.student_arch}"
@@ -142,7 +141,7 @@ def write_outputs(results: dict[str, dict], args, out: Path) -> str:
                 summary_table(results, args.batch, args.goal)]
     sections += [f"\n## {name}\n\n{bench.format_table(r)}" for name, r in results.items() if "points" in r]
     text = "\n".join(sections) + "\n"
-    write_atomic(out / "gpu_latency.md", lambda t: t.write_text(text))
+    write_text_atomic(out / "gpu_latency.md", text)
     return text
 
 

@@ -27,18 +27,14 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import datetime as dt
 import json
 import logging
 import math
-import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,7 +44,8 @@ import compressor
 from compressor.config import Recipe, apply_overrides, parse_overrides, recipe_from_dict
 from compressor.distill import PRUNED_DIR, USER_ERRORS, run as distill_run
 from compressor.finetune import finetune_teacher
-from compressor.io import read_json, write_json_atomic, write_text_atomic
+from ernie_common.env import library_versions, machine, usable_cpus
+from ernie_common.io import atomic_dir, read_json, write_json_atomic, write_text_atomic
 from compressor.tasks import GLUE_TASKS
 
 log = logging.getLogger("reproduce")
@@ -314,10 +311,8 @@ def _copy_dir(src: Path, dst: Path) -> None:
     """Copy a finished folder under a temporary name, then rename (never a half-copied folder)."""
     if dst.exists():
         return
-    tmp = dst.with_name(f".{dst.name}.copy")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    tmp.rename(dst)
+    with atomic_dir(dst, if_exists="keep") as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
 
 
 # --------------------------------------------------------------------------- running
@@ -417,7 +412,7 @@ def measure_speed(plan: Plan, teachers: dict[str, dict], runs: dict[str, dict]) 
             if not (dest / "manifest.json").is_file():
                 export(src, dest, ExportOptions(optimize=None, max_seq=b.seq), log=log.info)
             exported[role] = dest
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        threads = usable_cpus()
         specs = {role: ModelSpec(role, str(path), False, b.backend, "cpu", b.precision, threads=threads)
                  for role, path in exported.items()}
         points = build_points([b.batch], [b.seq], min(vocab_size(s) or 1000 for s in specs.values()))
@@ -442,23 +437,8 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def environment() -> dict[str, Any]:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    env = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu,
-           "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-           "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-           "python": platform.python_version()}
-    for dist in ("torch", "transformers", "datasets", "accelerate", "onnxruntime", "optimum", "ernie-tiny-compressor"):
-        try:
-            env[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            env[dist] = None
-    return env
+    return {**machine(), **library_versions(("torch", "transformers", "datasets", "accelerate", "onnxruntime",
+                                              "optimum", "ernie-tiny-compressor"))}
 
 
 def build_results(plan: Plan, teachers: dict[str, dict], runs: dict[str, dict], gd: dict | None,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import csv
 import ipaddress
 import json
 import os
@@ -39,6 +38,12 @@ import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # this checkout's packages (the load generator runs this file as a script)
+    sys.path.insert(0, str(REPO))
+
+from ernie_common.io import write_json_atomic  # noqa: E402
+from ernie_common.tables import TableError, read_examples  # noqa: E402
+
 SERVICE = "bentos.service:TextClassifier"
 BATCH_METRIC = "bentoml_service_adaptive_batch_size"
 LOOPBACK_NAMES = {"localhost"}
@@ -213,10 +218,7 @@ def client_main(job_path: str) -> int:
     bodies = [json.dumps(p).encode() for p in job["payloads"]]
     outcomes, wall = asyncio.run(_client_load(job["url"], bodies, job["clients"], job["time_limit_s"],
                                               job["timeout_s"], job["keep_answers"]))
-    out = Path(job["out"])
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"outcomes": outcomes, "wall_s": wall}))
-    tmp.replace(out)
+    write_json_atomic(job["out"], {"outcomes": outcomes, "wall_s": wall})
     return 0
 
 
@@ -291,9 +293,16 @@ def classifier_reference(model_dir: str | Path, sentences: Sequence[str], second
 
 # --------------------------------------------------------------------------------------------- the table
 
-def read_sst2_sentences(path: str | Path) -> list[str]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return [row["sentence"] for row in csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)]
+def read_sentences(path: str | Path) -> list[str]:
+    """Single sentences of a GLUE-style file (SST-2 dev by default): what the load sends as ``texts``."""
+    try:
+        texts = read_examples(path, hint="pass --data with a single-sentence column such as SST-2's 'sentence'").texts
+    except TableError as err:
+        raise LoadError(f"--data: {err}") from None
+    if texts and not isinstance(texts[0], str):
+        raise LoadError(f"--data {path} holds sentence pairs: the load sends single texts, pass a single-sentence "
+                        "file such as SST-2's dev.tsv")
+    return texts
 
 
 def make_payloads(sentences: Sequence[str], requests: int, texts_per_request: int, offset: int = 0) -> list[dict]:
@@ -376,7 +385,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--texts-per-request", type=int, default=1)
     parser.add_argument("--time-limit", type=float, default=120, help="seconds per round; later requests skipped")
-    parser.add_argument("--data", default=str(DEFAULT_SST2), help="TSV with a 'sentence' column (SST-2 dev)")
+    parser.add_argument("--data", default=str(DEFAULT_SST2),
+                        help="single sentences: a TSV/CSV with a 'sentence' or 'text' column (SST-2 dev), or lines")
     parser.add_argument("--server-env", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra environment for the servers started here, e.g. COMPRESSOR_WORKERS=1")
     parser.add_argument("--json", help="also write the results here")
@@ -399,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return client_main(sys.argv[2])
     args = parse_args(argv)
     try:
-        sentences = read_sst2_sentences(args.data)
+        sentences = read_sentences(args.data)
         with contextlib.ExitStack() as stack:
             if args.url:
                 urls = {"server": check_loopback(args.url)}
@@ -423,10 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(rows, ref))
     print("\n".join(batching_comparison(rows)))
     if args.json:
-        tmp = Path(f"{args.json}.tmp")
-        tmp.write_text(json.dumps({"reference_sentences_per_s": reference, "rows": [asdict(r) for r in rows]},
-                                  indent=2))
-        tmp.replace(args.json)
+        write_json_atomic(args.json, {"reference_sentences_per_s": reference, "rows": [asdict(r) for r in rows]})
     return 0
 
 

@@ -5,7 +5,9 @@ variable                       default     meaning
 =============================  ==========  =====================================================================
 COMPRESSOR_MODEL_DIR           (unset)     serve this HF or ``runtime.export`` directory instead of the model
                                            store's (or the Bento's) model
-COMPRESSOR_BACKEND             auto        ``runtime.Classifier.load(backend=...)``
+COMPRESSOR_BACKEND             auto        ``runtime.Classifier.load(backend=...)``: auto, torch, onnxruntime,
+                                           tensorrt, cuda-graphs (torch on the GPU replaying CUDA graphs; an
+                                           HF model directory)
 COMPRESSOR_VARIANT             (best)      export variant: fp32, optimized, fp16, int8
 COMPRESSOR_MAX_ITEMS           64          most texts (or pairs) one request may carry
 COMPRESSOR_MAX_CHARS           10000       most characters in one text; longer ones are refused with a 422
@@ -19,17 +21,19 @@ COMPRESSOR_ACCESS_LOG          1           0 turns BentoML's per-request access 
 =============================  ==========  =====================================================================
 
 Each worker's model runs one batch at a time on its share of the cores with ONNX Runtime's spinning off, so
-idle workers leave the cores to busy ones; ``available_cpus`` honours the process's CPU affinity and a cgroup
-CPU quota (a container's ``--cpus``).
+idle workers leave the cores to busy ones; the cores counted (``ernie_common.env.usable_cpus``) honour the
+process's CPU affinity and a cgroup CPU quota (a container's ``--cpus``).
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from ernie_common.env import usable_cpus
+
+GPU_BACKENDS = ("tensorrt", "cuda-graphs")  # runtime back ends that only run on a GPU
 FLAGS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
@@ -59,30 +63,11 @@ def env_flag(name: str, default: bool, env: Mapping[str, str] = os.environ) -> b
     return FLAGS[raw]
 
 
-def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
-    """Cores this process may use: its CPU affinity, capped by a cgroup v2 (``cpu.max``) or v1 CPU quota."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    quota = None
-    try:
-        limit, period = (cgroup_root / "cpu.max").read_text().split()[:2]
-        quota = None if limit == "max" else int(limit) / int(period)
-    except (OSError, ValueError):
-        try:
-            limit = int((cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text())
-            period = int((cgroup_root / "cpu" / "cpu.cfs_period_us").read_text())
-            quota = limit / period if limit > 0 and period > 0 else None
-        except (OSError, ValueError):
-            pass
-    if quota:
-        cpus = min(cpus, max(1, math.ceil(quota)))
-    return max(1, cpus)
-
-
 def on_gpu(backend: str, driver: Path = Path("/proc/driver/nvidia/version")) -> bool:
-    """Whether the model will run on a GPU: asked for (tensorrt), or an NVIDIA driver is loaded (then
-    ``runtime.Classifier`` prefers the GPU). Read from the driver, not torch: importing torch in the process
-    manager would cost seconds per start, and a CPU image has no torch."""
-    return backend == "tensorrt" or (backend != "torch" and driver.exists())
+    """Whether the model will run on a GPU: asked for (tensorrt, cuda-graphs), or an NVIDIA driver is loaded
+    (then ``runtime.Classifier`` prefers the GPU). Read from the driver, not torch: importing torch in the
+    process manager would cost seconds per start, and a CPU image has no torch."""
+    return backend in GPU_BACKENDS or (backend != "torch" and driver.exists())
 
 
 @dataclass(frozen=True)
@@ -103,7 +88,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] = os.environ, cpus: int | None = None,
                  gpu: bool | None = None) -> "Settings":
         backend = env.get("COMPRESSOR_BACKEND", "").strip() or "auto"
-        cpus = cpus or available_cpus()
+        cpus = cpus or usable_cpus()
         gpu = on_gpu(backend) if gpu is None else gpu
         # a GPU serves best from one process that batches; on CPUs one process per core keeps every core
         # busy with model work while the others parse HTTP

@@ -27,7 +27,6 @@ import logging
 import math
 import random
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -37,6 +36,8 @@ from compressor.config import AugmentConfig, GeneralDataConfig, MLMConfig, Trans
 from compressor.data import TEXT_COLUMNS, DataError, general_texts
 from compressor.losses import NO_LABEL
 from compressor.tasks import Task
+from ernie_common.io import atomic_dir
+from ernie_common.tables import csv_options
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +64,11 @@ def _text_lines(files: list[str]) -> Iterator[str]:
 
 def _table_rows(files: list[str], columns: list[str]) -> Iterator[tuple[str, ...]]:
     """Only ``columns`` of TSV/CSV/JSON files; every other column (a label, say) is dropped unread."""
-    import csv
-
     suffix = Path(files[0]).suffix.lower()
     if suffix in (".json", ".jsonl"):
         ds = datasets.load_dataset("json", data_files=files, split="train")
     else:
-        ds = datasets.load_dataset("csv", data_files=files, split="train", delimiter="\t" if suffix == ".tsv" else ",",
-                                   quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL,
-                                   encoding="utf-8-sig")
+        ds = datasets.load_dataset("csv", data_files=files, split="train", **csv_options(files[0]))
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
         raise DataError(f"augment.transfer.column {missing[0]!r} is not in {files[0]} (columns: "
@@ -234,11 +231,8 @@ def build(cfg: AugmentConfig, task_train: datasets.Dataset, task: Task, general:
                                   "label": datasets.Value("float32" if task.is_regression else "int64"),
                                   SOURCE_COLUMN: datasets.Value("string")})
     dataset = datasets.Dataset.from_dict(data, features=features)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    dataset.save_to_disk(str(tmp))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with atomic_dir(folder, if_exists="replace") as tmp:
+        dataset.save_to_disk(str(tmp))
     log.info("augmented data: %s rows in %s", {k: len(v) for k, v in rows.items()}, folder)
     return datasets.load_from_disk(str(folder))
 

@@ -6,13 +6,12 @@ float for regression) whatever its source, so the rest of the package never sees
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
 import math
-import os
 import shutil
+import tempfile
 from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -21,6 +20,9 @@ import datasets
 
 from compressor.config import GeneralDataConfig, TaskConfig
 from compressor.tasks import GLUE_TASKS, Task
+from ernie_common.env import usable_cpus
+from ernie_common.io import atomic_dir
+from ernie_common.tables import csv_options
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +80,7 @@ def _read_files(files: dict[str, str]) -> datasets.DatasetDict:
     suffix = Path(next(iter(files.values()))).suffix.lower()
     if suffix in (".json", ".jsonl"):
         return datasets.load_dataset("json", data_files=files)
-    sep = "\t" if suffix == ".tsv" else ","
-    return datasets.load_dataset("csv", data_files=files, delimiter=sep, quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL,
-                                 encoding="utf-8-sig")
+    return datasets.load_dataset("csv", data_files=files, **csv_options(next(iter(files.values()))))
 
 
 def _read_glue_dir(task: Task, glue_dir: str) -> datasets.DatasetDict:
@@ -89,7 +89,7 @@ def _read_glue_dir(task: Task, glue_dir: str) -> datasets.DatasetDict:
     for f in files.values():
         if not f.is_file():
             raise DataError(f"{f} not found: task.glue_dir must hold GLUE's {task.glue_folder}/ folder with train.tsv and {task.dev_file}")
-    kwargs: dict[str, Any] = dict(delimiter="\t", quoting=csv.QUOTE_NONE, encoding="utf-8-sig")
+    kwargs: dict[str, Any] = csv_options(files["train"])
     if task.header:
         kwargs.update(header=None, column_names=list(task.header))
     return datasets.load_dataset("csv", data_files={k: str(v) for k, v in files.items()}, **kwargs)
@@ -276,7 +276,7 @@ def packed_path(cfg: GeneralDataConfig, tokenizer, block_size: int) -> Path:
 
 
 def _processes(cfg: GeneralDataConfig) -> int:
-    return cfg.num_proc or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return cfg.num_proc or usable_cpus()
 
 
 def _build_streamed(cfg: GeneralDataConfig, tokenizer, block_size: int, work: Path) -> datasets.Dataset:
@@ -325,23 +325,19 @@ def general_corpus(cfg: GeneralDataConfig, tokenizer, block_size: int) -> datase
     """
     path = packed_path(cfg, tokenizer, block_size)
     if not (path / "dataset_info.json").is_file():
-        work = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.scratch-"))
         try:
-            streamed = cfg.max_blocks is not None or (cfg.dataset is not None and cfg.streaming)
-            built = (_build_streamed if streamed else _build_mapped)(cfg, tokenizer, block_size, work)
-            if len(built) == 0:
-                raise DataError(f"the general corpus gave no block of {block_size} tokens; give more text or a smaller max_seq_length")
-            built.save_to_disk(str(work / "packed"))
-            try:
-                (work / "packed").rename(path)
-            except OSError:  # another process finished the same build first: keep its copy
-                if not (path / "dataset_info.json").is_file():
-                    raise
+            # "keep": another process that finished the same build first has a copy as good as ours
+            with atomic_dir(path, if_exists="keep") as packed:
+                streamed = cfg.max_blocks is not None or (cfg.dataset is not None and cfg.streaming)
+                built = (_build_streamed if streamed else _build_mapped)(cfg, tokenizer, block_size, scratch)
+                if len(built) == 0:
+                    raise DataError(f"the general corpus gave no block of {block_size} tokens; give more text or a smaller max_seq_length")
+                built.save_to_disk(str(packed))
             log.info("general corpus: %d blocks of %d tokens in %s", len(built), block_size, path)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(scratch, ignore_errors=True)
     return datasets.load_from_disk(str(path))
 
 

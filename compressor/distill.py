@@ -31,7 +31,8 @@ from compressor import augment
 from compressor.config import ConfigError, Recipe, StageConfig, load_recipe
 from compressor.data import DataError, general_corpus, load_task_data, task_spec, tokenize_task
 from compressor.finetune import finetune_teacher
-from compressor.io import read_json, write_json_atomic
+from ernie_common.io import atomic_dir, read_json, write_json_atomic
+from ernie_common.params import count_params
 from compressor.metrics import evaluate
 from compressor.report import build_report, write_report
 from compressor.student import (PROJECTIONS_FILE, StudentError, build_student, labels_match, layer_map_for,
@@ -48,10 +49,6 @@ PRUNE_MARKER = "prune.json"
 
 class DistillError(ValueError):
     """A run that cannot go ahead as configured (e.g. a teacher trained for other labels); one line."""
-
-
-def count_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # --------------------------------------------------------------------------- checks before any work
@@ -178,18 +175,15 @@ class Run:
             teacher = self.teacher(cfg.prune_from)
             source = self.finetuned_path if cfg.prune_from == "finetuned" else self.recipe.teacher.pretrained
             student, projections, report = prune_student(cfg, teacher, self.task, self.calibration_batches(), source)
-            tmp = self.out / f".{PRUNED_DIR}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            student.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            torch.save(projections.state_dict(), tmp / PROJECTIONS_FILE)
-            dev = self.dev_metrics(student)
-            write_json_atomic(tmp / "dev_metrics.json", dev)
-            write_json_atomic(tmp / PRUNE_MARKER, {**report, "prune_from": cfg.prune_from, "source": str(source),
-                                                   "params": count_params(student), "dev": dev,
-                                                   "seconds": round(time.perf_counter() - start, 1)})
-            shutil.rmtree(folder, ignore_errors=True)
-            tmp.rename(folder)
+            with atomic_dir(folder, if_exists="replace") as tmp:  # an unfinished pruned/ is replaced
+                student.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
+                torch.save(projections.state_dict(), tmp / PROJECTIONS_FILE)
+                dev = self.dev_metrics(student)
+                write_json_atomic(tmp / "dev_metrics.json", dev)
+                write_json_atomic(tmp / PRUNE_MARKER, {**report, "prune_from": cfg.prune_from, "source": str(source),
+                                                       "params": count_params(student), "dev": dev,
+                                                       "seconds": round(time.perf_counter() - start, 1)})
             log.info("pruned student in %s: dev %s, layers %s", folder, dev, report["layers"])
         self.state.wait_for_everyone()
         return folder
@@ -282,15 +276,13 @@ class Run:
 
     def publish_final(self) -> Path:
         """Copy the last stage's student to ``final/`` atomically (temp folder, then rename)."""
-        final, tmp = self.out / "final", self.out / ".final.tmp"
+        final = self.out / "final"
         if self.main:
             src = self.out / self.recipe.stages[-1].name
-            shutil.rmtree(tmp, ignore_errors=True)
-            AutoModelForSequenceClassification.from_pretrained(src).save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            shutil.copy(src / "dev_metrics.json", tmp / "dev_metrics.json")
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
+            with atomic_dir(final, if_exists="replace") as tmp:
+                AutoModelForSequenceClassification.from_pretrained(src).save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
+                shutil.copy(src / "dev_metrics.json", tmp / "dev_metrics.json")
         self.state.wait_for_everyone()
         return final
 

@@ -19,7 +19,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from compressor.config import ConfigError, FinetuneConfig, TaskConfig, resolve_model_path
 from compressor.data import DataError, load_task_data, task_spec, tokenize_task
-from compressor.io import read_json, write_json_atomic
+from ernie_common.io import read_json, write_json_atomic
 from compressor.metrics import trainer_metrics
 from compressor.trainer import logging_dir_arguments, warmup_arguments
 from compressor.tasks import GLUE_TASKS, Task

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from compressor.io import write_json_atomic, write_text_atomic
+from ernie_common.io import write_atomic, write_json_atomic, write_text_atomic
 
 PLOT_FILE = "dev_by_stage.png"
 
@@ -85,12 +85,10 @@ def plot_stages(report: dict[str, Any], path: str | Path) -> Path:
     ax.set_title(f"{report['task']}: dev {m} by stage")
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def write_report(report: dict[str, Any], output_dir: str | Path) -> dict[str, Path]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ernie_common.tables import HEADERLESS
+
 
 @dataclass(frozen=True)
 class Task:
@@ -44,7 +46,7 @@ GLUE_TASKS: dict[str, Task] = {
         Task("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("not_equivalent", "equivalent"), "accuracy",
              hub_text_columns=("sentence1", "sentence2")),
         Task("cola", "CoLA", ("sentence",), "label", ("unacceptable", "acceptable"), "matthews_correlation",
-             header=("source", "label", "original_label", "sentence")),
+             header=HEADERLESS["CoLA"]),
         Task("stsb", "STS-B", ("sentence1", "sentence2"), "score", (), "pearson"),
         Task("qqp", "QQP", ("question1", "question2"), "is_duplicate", ("not_duplicate", "duplicate"), "accuracy"),
         Task("mnli", "MNLI", ("sentence1", "sentence2"), "gold_label", ("entailment", "neutral", "contradiction"),

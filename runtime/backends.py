@@ -13,13 +13,11 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
+from runtime.errors import BackendUnavailable
+
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 GPU_EXTRA = "pip install 'ernie-tiny-compressor[gpu]' (onnxruntime-gpu, instead of onnxruntime) on a CUDA machine"
 TENSORRT_EXTRA = "pip install 'ernie-tiny-compressor[tensorrt]' on a machine with an NVIDIA GPU"
-
-
-class BackendUnavailable(RuntimeError):
-    """This machine cannot run the requested back end; the message says what to install or change."""
 
 
 @dataclass(frozen=True)
@@ -91,12 +89,8 @@ def gpu_available() -> bool:
     return torch.cuda.is_available()
 
 
-def torch_backend(model_dir_or_model, device: str = "cpu", precision: str = "fp32",
-                  threads: Threads | None = None) -> _Backend:
-    """A PyTorch ``AutoModelForSequenceClassification`` (a directory or an already-built model).
-
-    ``threads.intra_op`` sets ``torch.set_num_threads``, which is process-wide (torch has no per-model pool).
-    """
+def _torch_model(model_dir_or_model, device: str, precision: str, threads: Threads | None):
+    """The model on ``device`` in ``precision``, eval mode, and the input names its forward accepts."""
     try:
         import torch
     except ImportError:
@@ -117,7 +111,18 @@ def torch_backend(model_dir_or_model, device: str = "cpu", precision: str = "fp3
         model = model_dir_or_model.to(dtype)
     model = model.to(device).eval()
     accepted = inspect.signature(model.forward).parameters
-    names = [n for n in INPUT_NAMES if n in accepted]
+    return model, [n for n in INPUT_NAMES if n in accepted]
+
+
+def torch_backend(model_dir_or_model, device: str = "cpu", precision: str = "fp32",
+                  threads: Threads | None = None) -> _Backend:
+    """A PyTorch ``AutoModelForSequenceClassification`` (a directory or an already-built model).
+
+    ``threads.intra_op`` sets ``torch.set_num_threads``, which is process-wide (torch has no per-model pool).
+    """
+    import torch
+
+    model, names = _torch_model(model_dir_or_model, device, precision, threads)
 
     @torch.inference_mode()
     def run(feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -125,6 +130,25 @@ def torch_backend(model_dir_or_model, device: str = "cpu", precision: str = "fp3
         return model(**tensors).logits.float().cpu().numpy()
 
     return _Backend("torch", device, [f"torch:{torch.device(device).type}"], names, run, precision)
+
+
+def cuda_graphs_backend(model_dir_or_model, device: str = "cuda", precision: str = "fp32",
+                        threads: Threads | None = None) -> _Backend:
+    """The PyTorch model on a CUDA GPU, each input shape's forward captured once as a CUDA graph and replayed
+    (:class:`runtime.cuda_graphs.CudaGraphRunner`): the small student stops waiting on kernel launches.
+    ``threads`` is accepted for a uniform signature. Raises :class:`BackendUnavailable` where torch sees no GPU.
+    """
+    if not str(device).startswith("cuda"):
+        raise ValueError(f"the cuda-graphs back end runs on a GPU, not {device}: pass device='cuda', "
+                         "or use the torch back end on the CPU")
+    if not gpu_available():
+        raise BackendUnavailable("the cuda-graphs back end needs a CUDA GPU and a CUDA build of torch, and torch "
+                                 "sees none here: use backend 'torch' or 'onnxruntime' (or 'auto') on this machine")
+    from runtime.cuda_graphs import CudaGraphRunner
+
+    model, names = _torch_model(model_dir_or_model, device, precision, threads)
+    return _Backend("cuda-graphs", device, ["torch:cuda", "cuda-graphs"], names,
+                    CudaGraphRunner(model, device, names), precision)
 
 
 # --------------------------------------------------------------------------------------- onnxruntime
@@ -232,5 +256,8 @@ BACKENDS: dict[str, Callable[..., _Backend]] = {
     "torch": torch_backend,
     "onnxruntime": onnxruntime_backend,
     "tensorrt": tensorrt_backend,
+    "cuda-graphs": cuda_graphs_backend,
 }
+# back ends that run the PyTorch weights of an HF directory (the others run a runtime.export directory)
+TORCH_BACKENDS = ("torch", "cuda-graphs")
 

@@ -28,11 +28,7 @@ multiprocessing requires.
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as _dt
-import json
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,15 +37,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ernie_common.env import library_versions, machine, usable_cpus
+from ernie_common.io import write_atomic, write_json_atomic, write_text_atomic
+from ernie_common.tables import TableError, read_examples
 from runtime.backends import BACKENDS, BackendUnavailable
 from runtime.bench_models import (ARCHS, PRECISIONS, CompiledRunner, ModelSpec, load_runner, parameter_count,
                                   vocab_size)
-from runtime.io import write_atomic
+from runtime.encoding import Encoder
 
 ROLES = ("teacher", "student")
 TEXTS = "texts"
-TEXT_COLUMNS = (("sentence",), ("text",), ("sentence1", "sentence2"), ("#1 String", "#2 String"),  # GLUE, MRPC
-                ("question", "sentence"))
 DEFAULT_TOKENIZER = "bert-base-uncased"
 
 
@@ -96,31 +93,14 @@ def synthetic_batch(batch: int, seq: int, vocab: int, seed: int = 0) -> dict[str
 
 
 def read_texts(path: str | os.PathLike, column: str | None = None, limit: int | None = None) -> list:
-    """Sentences (or sentence pairs) of a TSV/CSV file with a header, or the lines of a text file."""
-    path = Path(path)
-    if not path.is_file():
-        raise BenchError(f"--texts {path} does not exist: pass a TSV/CSV with a header (e.g. GLUE dev.tsv) "
-                         "or a text file with one sentence per line")
-    if path.suffix in (".tsv", ".csv"):
-        texts = _table_texts(path, column)
-    else:
-        texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """``--texts``: sentences (or sentence pairs) of a TSV/CSV file with a header, or the lines of a text file."""
+    try:
+        texts = read_examples(path, column, limit, hint="pass --text-column NAME (two, comma-separated, for pairs)").texts
+    except TableError as err:
+        raise BenchError(f"--texts: {err}") from None
     if not texts:
         raise BenchError(f"--texts {path} holds no sentences")
-    return texts[:limit] if limit else texts
-
-
-def _table_texts(path: Path, column: str | None) -> list:
-    delimiter = "\t" if path.suffix == ".tsv" else ","
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter=delimiter, quoting=csv.QUOTE_NONE))
-    header = list(rows[0]) if rows else []
-    choices = [tuple(column.split(","))] if column else TEXT_COLUMNS
-    for cols in choices:
-        if all(c in header for c in cols):
-            return [r[cols[0]] if len(cols) == 1 else tuple(r[c] for c in cols) for r in rows]
-    raise BenchError(f"{path} has no {' / '.join('+'.join(c) for c in choices)} column (header: {header}): "
-                     "pass --text-column NAME")
+    return texts
 
 
 def load_tokenizer(name_or_dir: str):
@@ -133,24 +113,12 @@ def load_tokenizer(name_or_dir: str):
                          "a directory with tokenizer files (e.g. the teacher's model directory)") from None
 
 
-def text_batches(texts: list, tokenizer, batch: int, max_length: int) -> list[dict[str, np.ndarray]]:
-    """File order, ``batch`` at a time, each padded to its own longest member (dynamic padding)."""
-    out = []
-    for start in range(0, len(texts), batch):
-        chunk = texts[start:start + batch]
-        args = ([a for a, _ in chunk], [b for _, b in chunk]) if isinstance(chunk[0], tuple) else (chunk,)
-        enc = tokenizer(*args, truncation=True, max_length=max_length, padding="longest", return_tensors="np")
-        enc = {k: v.astype(np.int64) for k, v in enc.items()}
-        enc.setdefault("token_type_ids", np.zeros_like(enc["input_ids"]))
-        out.append(enc)
-    return out
-
-
 def build_points(batches: Sequence[int], seqs: Sequence[int], vocab: int, texts: list | None = None,
                  tokenizer=None, seed: int = 0) -> list[Point]:
     points = [Point(b, s, [synthetic_batch(b, s, vocab, seed)]) for s in seqs for b in batches]
-    if texts:
-        points += [Point(b, TEXTS, text_batches(texts, tokenizer, b, max(seqs))) for b in batches]
+    if texts:  # file order, each batch padded to its own longest member, encoded as runtime.Classifier does
+        encoder = Encoder(tokenizer, max(seqs), getattr(tokenizer, "name_or_path", "the tokenizer"))
+        points += [Point(b, TEXTS, encoder.batches(texts, b)) for b in batches]
     return points
 
 
@@ -283,19 +251,9 @@ def measure_memory(spec: ModelSpec, points: list[Point]) -> dict:
 # ------------------------------------------------------------------------------------------- running
 
 def environment(threads: int | None) -> dict:
-    import onnxruntime
-    import torch
-    import transformers
-
-    env = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "host": platform.node(), "cpu": platform.processor() or platform.machine(),
-           "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-           "threads": threads, "python": platform.python_version(), "torch": torch.__version__,
-           "transformers": transformers.__version__, "onnxruntime": onnxruntime.__version__}
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name()
-        env["cuda"] = torch.version.cuda
-    return env
+    """The machine, the thread count both models were given, and the versions of what ran them."""
+    return {**machine(), "threads": threads,
+            **library_versions(("torch", "transformers", "onnxruntime", "onnxruntime-gpu", "tensorrt"))}
 
 
 def run_benchmark(specs: dict[str, ModelSpec], points: list[Point], timing: Timing = Timing(),
@@ -363,8 +321,9 @@ def describe(report: dict) -> str:
     lines = [f"{role}: {m['name']} on {m['backend']} {m['precision']} {m['device']} "
              f"(providers {', '.join(m['providers'])}; {(m['parameters'] or 0) / 1e6:.2f}M parameters)"
              for role, m in report["models"].items()]
-    lines.append(f"{env['date']}; {env.get('gpu', env['cpu'])}; {env['cpus_usable']} usable cores, "
-                 f"{env['threads']} threads per model; torch {env['torch']}, onnxruntime {env['onnxruntime']}")
+    onnxruntime = env.get("onnxruntime") or env.get("onnxruntime-gpu")
+    lines.append(f"{env['date']}; {env.get('gpu') or env['cpu']}; {env['cores']} usable cores, "
+                 f"{env['threads']} threads per model; torch {env['torch']}, onnxruntime {onnxruntime}")
     return "\n".join(lines)
 
 
@@ -412,8 +371,7 @@ def write_report(report: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
     out = Path(out_dir)
     threshold = report.get("check", {}).get("threshold")
     text = describe(report) + "\n\n" + format_table(report) + "\n"
-    return {"json": write_atomic(out / "bench.json", lambda t: t.write_text(json.dumps(report, indent=2) + "\n")),
-            "table": write_atomic(out / "bench.md", lambda t: t.write_text(text)),
+    return {"json": write_json_atomic(out / "bench.json", report), "table": write_text_atomic(out / "bench.md", text),
             "plot": plot(report, out / "bench.png", threshold)}
 
 
@@ -441,10 +399,6 @@ def _at(text: str) -> dict:
     return at
 
 
-def _default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m runtime.bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -464,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(default: sentence, text, sentence1,sentence2, ...)")
     p.add_argument("--max-texts", type=int, default=512, help="use at most this many sentences")
     p.add_argument("--tokenizer", help=f"tokenizer for --texts (default: the teacher's, else {DEFAULT_TOKENIZER})")
-    p.add_argument("--threads", type=int, default=_default_threads(), help="intra-op threads, same for both")
+    p.add_argument("--threads", type=int, default=usable_cpus(), help="intra-op threads, same for both")
     p.add_argument("--warmup", type=int, default=Timing.warmup, help="discarded rounds per point")
     p.add_argument("--iters", type=int, default=Timing.iters, help="at most this many timed rounds per point")
     p.add_argument("--min-iters", type=int, default=Timing.min_iters, help="at least this many timed rounds")

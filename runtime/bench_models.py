@@ -14,13 +14,17 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from ernie_common.env import library_versions
+from ernie_common.io import atomic_dir, write_atomic
+from ernie_common.params import count_params, onnx_params
 from runtime.backends import BACKENDS, BackendUnavailable
+from runtime.cuda_graphs import padding_mask_3d
 
 ARCHS: dict[str, dict] = {
     # BERT-base (Devlin et al., 2019): 12 layers, hidden 768, 12 heads, FFN 3072; 109.48M parameters.
@@ -98,22 +102,8 @@ def build_arch_model(arch: str, attn_implementation: str = "sdpa", pad_heads: bo
     return model
 
 
-def count_parameters(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def _export_key(arch: str, pad_heads: bool) -> str:
-    import onnx
-    import torch
-    import transformers
-
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "onnx": onnx.__version__}
-    try:
-        import optimum.version
-
-        versions["optimum"] = optimum.version.__version__
-    except ImportError:
-        pass
+    versions = library_versions(("torch", "transformers", "onnx", "optimum", "optimum-onnx"))
     blob = json.dumps({"shape": {**_COMMON_SHAPE, **ARCHS[arch]}, "pad_heads": pad_heads, **versions},
                       sort_keys=True)
     return f"{arch}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
@@ -153,23 +143,14 @@ def cached_arch_onnx(arch: str, variant: str = "fp32", pad_heads: bool = False) 
     entry = cache_root() / _export_key(arch, pad_heads)
     fp32 = entry / VARIANT_FILES["fp32"]
     if not fp32.is_file():
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=entry.parent, prefix=f".{entry.name}.",
-                                         ignore_cleanup_errors=True) as tmp:
+        with atomic_dir(entry, if_exists="keep") as tmp:  # "keep": another run won the race, its copy is as good
             # eager attention exports the MatMul/Softmax pattern that ONNX Runtime fuses into one Attention op
-            _export_fp32(build_arch_model(arch, "eager", pad_heads), Path(tmp))
-            Path(tmp).chmod(0o755)
-            try:
-                os.replace(tmp, entry)
-            except OSError:  # another run won the race: its copy is as good as ours
-                pass
+            _export_fp32(build_arch_model(arch, "eager", pad_heads), tmp)
     target = entry / VARIANT_FILES.get(variant, f"model_{variant}.onnx")
     if not target.is_file():
         with tempfile.TemporaryDirectory(prefix="compressor-bench-") as scratch:
             built = _derive_variant(fp32, variant, arch, pad_heads, Path(scratch))
-            partial = target.with_name(f".{target.name}.{os.getpid()}")
-            shutil.copyfile(built, partial)
-            os.replace(partial, target)
+            write_atomic(target, lambda tmp: shutil.copyfile(built, tmp))
     return target
 
 
@@ -191,6 +172,8 @@ def load_runner(spec: ModelSpec) -> tuple[Callable[[dict[str, np.ndarray]], np.n
         raise BenchModelError(f"precision {spec.precision!r} is not one of {', '.join(PRECISIONS)}")
     if spec.backend not in BACKENDS:
         raise BenchModelError(f"unknown back end {spec.backend!r}: choose one of {', '.join(BACKENDS)}")
+    if spec.backend == "cuda-graphs":  # the same as torch with --cuda-graphs
+        spec = replace(spec, backend="torch", cuda_graphs=True)
     if spec.threads:
         import torch
 
@@ -206,15 +189,13 @@ def _torch_model(model, spec: ModelSpec):
         from runtime.headpad import pad_attention_heads
 
         pad_attention_heads(model)
-    info = {"parameters": count_parameters(model)}
+    info = {"parameters": count_params(model)}
     if spec.compile_mode and spec.cuda_graphs:
         raise BenchModelError("--compile and --cuda-graphs are two engines: pick one (compile mode "
                               "'reduce-overhead' already replays CUDA graphs)")
     if spec.compile_mode:
         return CompiledRunner(model, spec.device, spec.precision, spec.compile_mode), info
-    if spec.cuda_graphs:
-        return CudaGraphRunner(model, spec.device, spec.precision), info
-    return BACKENDS["torch"](model, spec.device, spec.precision), info
+    return BACKENDS["cuda-graphs" if spec.cuda_graphs else "torch"](model, spec.device, spec.precision), info
 
 
 def _torch_arch(spec: ModelSpec):
@@ -322,81 +303,10 @@ def parameter_count(spec: ModelSpec, info: dict) -> int | None:
         from transformers import BertForSequenceClassification
 
         with torch.device("meta"):
-            return count_parameters(BertForSequenceClassification(arch_config(spec.source)))
+            return count_params(BertForSequenceClassification(arch_config(spec.source)))
     if "onnx" in info:
-        import onnx
-
-        model = onnx.load(info["onnx"], load_external_data=False)
-        return int(sum(np.prod(t.dims) for t in model.graph.initializer))
+        return onnx_params(info["onnx"])
     return None
-
-
-class CudaGraphRunner:
-    """A torch model on CUDA, replayed through one captured CUDA graph per input shape.
-
-    The small student spends most of its GPU time waiting for the CPU to launch kernels; a graph launches
-    the whole forward at once. Capture needs a forward without host synchronisation: BERT's SDPA path
-    checks ``torch.all(mask == 1)`` on the host, so the 2-D padding mask is handed over as the equivalent
-    3-D mask, which takes the synchronisation-free path (the attention result is identical).
-    """
-
-    name = "torch"
-
-    def __init__(self, model, device: str = "cuda", precision: str = "fp32"):
-        import torch
-
-        if not device.startswith("cuda") or not torch.cuda.is_available():
-            raise BackendUnavailable("CUDA graphs need --device cuda and a CUDA GPU; drop --cuda-graphs on CPU")
-        dtypes = {"fp32": torch.float32, "fp16": torch.float16}
-        if precision not in dtypes:
-            raise BenchModelError(f"CUDA graphs run fp32 or fp16, not {precision}")
-        self.device = device
-        self.precision = precision
-        self.model = model.to(device=device, dtype=dtypes[precision]).eval()
-        self.providers = [f"torch:{torch.device(device).type}", "cuda-graphs"]
-        self.input_names = ["input_ids", "attention_mask", "token_type_ids"]
-        self._pool = torch.cuda.graph_pool_handle()
-        self._graphs: dict[tuple, tuple] = {}
-
-    def _forward(self, static: dict):
-        return self.model(input_ids=static["input_ids"], attention_mask=_mask_3d(static["attention_mask"]),
-                          token_type_ids=static["token_type_ids"]).logits
-
-    def _capture(self, inputs: dict[str, np.ndarray]):
-        import torch
-
-        static = {n: torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device) for n in self.input_names}
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):  # warm-up outside capture: cuBLAS handles and workspaces get allocated here
-                self._forward(static)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            out = self._forward(static)
-        return static, out, graph
-
-    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        import torch
-
-        inputs = dict(inputs)
-        inputs.setdefault("token_type_ids", np.zeros_like(inputs["input_ids"]))
-        with torch.no_grad():
-            key = tuple(inputs["input_ids"].shape)
-            if key not in self._graphs:
-                self._graphs[key] = self._capture(inputs)
-            static, out, graph = self._graphs[key]
-            for name, tensor in static.items():
-                tensor.copy_(torch.from_numpy(np.ascontiguousarray(inputs[name])))
-            graph.replay()
-            return out.float().cpu().numpy()
-
-
-def _mask_3d(mask):
-    """The 2-D padding mask as the equivalent 3-D one: BERT's SDPA path checks a 2-D mask for all-ones on the
-    host (a synchronisation, and a graph break under torch.compile); the 3-D form takes the path without it."""
-    return mask[:, None, :].expand(-1, mask.shape[1], -1)
 
 
 class CompiledRunner:
@@ -432,7 +342,7 @@ class CompiledRunner:
         self._compiled = torch.compile(self._forward, mode=mode, dynamic=False)
 
     def _forward(self, input_ids, attention_mask, token_type_ids):
-        return self.model(input_ids=input_ids, attention_mask=_mask_3d(attention_mask),
+        return self.model(input_ids=input_ids, attention_mask=padding_mask_3d(attention_mask),
                           token_type_ids=token_type_ids).logits
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:

@@ -15,7 +15,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from runtime.backends import BACKENDS, Backend, BackendUnavailable, Threads, gpu_available
+from runtime.backends import BACKENDS, TORCH_BACKENDS, Backend, Threads, gpu_available
+from runtime.encoding import Encoder
+from runtime.errors import BackendUnavailable, ModelDirError
 
 MANIFEST = "manifest.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -39,10 +41,6 @@ INPUT_KINDS = {"single": False, "pair": True}
 PADDING_SLACK = 1.25
 CALL_COST_TOKENS = 32
 ENCODE_CHUNK = 1024  # texts tokenised and padded together (bounds the padded arrays of a huge call)
-
-
-class ModelDirError(ValueError):
-    """The directory cannot be served as a classifier; the message names the fix."""
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -137,7 +135,7 @@ class Classifier:
     threads: Threads = field(default_factory=Threads)
 
     def __post_init__(self) -> None:
-        self._encoder = _FastEncoder(self.tokenizer, self.max_length, self.path)
+        self._encoder = Encoder(self.tokenizer, self.max_length, self.path)
 
     @classmethod
     def load(cls, path, backend: str = "auto", device: str | None = None, variant: str | None = None,
@@ -147,6 +145,8 @@ class Classifier:
         ``backend="auto"`` picks the fastest back end that really starts here (see ``AUTO_ORDER``); the
         chosen one is ``self.backend`` and ``info()`` says which providers run. ``batch_size`` is the most
         texts one model call takes; ``threads`` the CPU threads it may use (default: the engine's own).
+        ``backend="cuda-graphs"`` runs an HF directory's model on the GPU through captured CUDA graphs
+        (``auto`` never picks it: it needs a GPU and keeps one graph per shape bucket in GPU memory).
         """
         from transformers import AutoTokenizer
 
@@ -154,7 +154,8 @@ class Classifier:
         config = read_model_config(root)
         check_tokenizer(root)
         threads = threads or Threads()
-        devices = [device] if device else ["cuda", "cpu"] if gpu_available() else ["cpu"]
+        devices = [device] if device else ["cuda"] if backend == "cuda-graphs" else \
+            ["cuda", "cpu"] if gpu_available() else ["cpu"]
         source = _ExportDir(root) if (root / MANIFEST).is_file() else _HFDir(root)
         engine, chosen = source.start(backend, devices, variant, threads)
         max_length, batch_size = source.limits(chosen, max_length, batch_size)
@@ -222,41 +223,6 @@ def length_groups(sorted_lengths: np.ndarray, max_rows: int, slack: float = PADD
     return groups
 
 
-class _FastEncoder:
-    """One tokenisation per call with the fast (Rust) tokenizer: it truncates as HF's ``truncation=True``
-    does (longest first, special tokens kept), pads to the longest member and keeps what it cut in
-    ``overflowing``, so truncation is known without tokenising twice. A copy, so the HF tokenizer's own
-    settings stay untouched."""
-
-    def __init__(self, tokenizer, max_length: int, where: str):
-        if not getattr(tokenizer, "is_fast", False):
-            raise ModelDirError(f"{where} has no fast tokenizer: save one beside the model "
-                                "(AutoTokenizer.from_pretrained(DIR, use_fast=True).save_pretrained(DIR))")
-        if tokenizer.pad_token is None:
-            raise ModelDirError(f"{where}: the tokenizer has no pad token: set tokenizer.pad_token and save it")
-        from tokenizers import Tokenizer
-
-        self.rust = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-        self.rust.enable_truncation(max_length, strategy="longest_first", direction=tokenizer.truncation_side)
-        self.rust.enable_padding(direction=tokenizer.padding_side, pad_id=tokenizer.pad_token_id,
-                                 pad_type_id=tokenizer.pad_token_type_id, pad_token=tokenizer.pad_token)
-        self.left_padded = tokenizer.padding_side == "left"
-        # offsets are not needed: the fast variant skips computing them (tokenizers >= 0.21)
-        self.encode_batch = getattr(self.rust, "encode_batch_fast", self.rust.encode_batch)
-
-    def __call__(self, texts: list) -> tuple[dict[str, np.ndarray], list[bool]]:
-        encodings = self.encode_batch(texts) if texts else []
-        width = len(encodings[0].ids) if encodings else 0
-        arrays = {name: np.array([getattr(e, attr) for e in encodings], dtype=np.int64).reshape(len(texts), width)
-                  for name, attr in (("input_ids", "ids"), ("attention_mask", "attention_mask"),
-                                     ("token_type_ids", "type_ids"))}
-        return arrays, [bool(e.overflowing) for e in encodings]
-
-    def trim(self, inputs: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
-        """Cut a group's padding down to its own longest member."""
-        return {k: v[:, -width:] if self.left_padded else v[:, :width] for k, v in inputs.items()}
-
-
 def _check_texts(texts) -> list:
     if isinstance(texts, (str, tuple)) or not isinstance(texts, Sequence):
         raise TypeError("texts must be a list of strings or a list of (text, text_pair) tuples")
@@ -279,7 +245,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class _HFDir:
-    """An HF directory runs on torch only (export it for onnxruntime/tensorrt)."""
+    """An HF directory runs on torch (or torch through CUDA graphs) only (export it for onnxruntime/tensorrt)."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -290,13 +256,14 @@ class _HFDir:
 
     def start(self, backend: str, devices: list[str], variant: str | None,
               threads: Threads | None = None) -> tuple[Backend, str | None]:
-        if backend not in ("auto", "torch"):
+        if backend != "auto" and backend not in TORCH_BACKENDS:
             _check_backend_name(backend)
             raise ModelDirError(f"{self.root} is an HF model directory: the {backend} back end needs an export "
                                 f"directory, run `python -m runtime.export {self.root} --out EXPORT_DIR`")
         if variant is not None:
             raise ModelDirError(f"variant={variant!r} applies to export directories; {self.root} is an HF directory")
-        return BACKENDS["torch"](self.root, device=devices[0], threads=threads), None
+        name = "torch" if backend == "auto" else backend
+        return BACKENDS[name](self.root, device=devices[0], threads=threads), None
 
 
 class _ExportDir:
@@ -344,9 +311,9 @@ class _ExportDir:
                                      f"), so it is not chosen automatically: pass variant={variant!r} to use it anyway")
 
     def _open(self, name: str, variant: str | None, device: str, threads: Threads | None = None) -> Backend:
-        if name == "torch":
+        if name in TORCH_BACKENDS:
             raise ModelDirError(f"{self.root} is an export directory without PyTorch weights: load the source "
-                                f"model directory ({self.manifest['source']['path']}) for the torch back end")
+                                f"model directory ({self.manifest['source']['path']}) for the {name} back end")
         if variant not in self.variants:
             raise ModelDirError(f"{self.root} has no {variant} variant (has {sorted(self.variants)}): re-export "
                                 f"with the matching flag (--fp16, --int8, --tensorrt)")
@@ -355,8 +322,8 @@ class _ExportDir:
 
 def _candidates(backend: str, variant: str | None, kind: str) -> list[tuple[str, str | None]]:
     """(back end, variant) pairs to try in order: AUTO_ORDER for auto, else what was named."""
-    if backend == "torch":
-        return [("torch", None)]
+    if backend in TORCH_BACKENDS:
+        return [(backend, None)]
     if backend == "tensorrt":
         return [("tensorrt", "tensorrt")]
     order = [(b, v) for b, v in AUTO_ORDER[kind] if backend == "auto" or b == backend]
@@ -368,3 +335,4 @@ def _candidates(backend: str, variant: str | None, kind: str) -> list[tuple[str,
 def _check_backend_name(backend: str) -> None:
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is not one of auto, {', '.join(BACKENDS)}")
+

@@ -13,7 +13,6 @@ TorchScript exporter produces from the eager attention code; an SDPA or dynamo g
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -22,15 +21,18 @@ import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
+from ernie_common.env import library_versions
+from ernie_common.io import atomic_dir
+from ernie_common.tables import TableError, read_examples
 from runtime import backends
 from runtime.backends import BackendUnavailable, onnxruntime_backend, torch_backend
 from runtime.classifier import (MANIFEST, ModelDirError, check_tokenizer, labels_of, read_model_config,
                                 sha256_file, weights_file)
+from runtime.encoding import Encoder
 
 OPTIMIZE_LEVELS = ("O1", "O2", "O3", "O4")
 FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "EmbedLayerNormalization",
@@ -124,29 +126,27 @@ class ExportOptions:
 # ------------------------------------------------------------------------------------------ sentences
 
 def parity_sentences(parity_data: str | Path | None, limit: int) -> tuple[list, str, np.ndarray | None]:
-    """Real sentences for parity: the first ``limit`` of a GLUE-style TSV (``sentence`` column, or
-    ``sentence1``/``#1 String`` pairs), else the built-in review sentences; plus the TSV's integer gold
-    labels when it has them (then accuracy is recorded beside agreement)."""
+    """Real sentences for parity: the first ``limit`` of a GLUE-style file (``ernie_common.tables``: a
+    ``sentence`` column, or pairs such as ``sentence1``/``sentence2``, CoLA's header-less files too), else the
+    built-in review sentences; plus the file's integer gold labels when it has them (then accuracy is
+    recorded beside agreement)."""
     if parity_data is None:
         return list(BUILTIN_SENTENCES)[:limit], "built-in review sentences", None
-    path = Path(parity_data)
-    if not path.is_file():
-        raise ExportError(f"--parity-data {path} is not a file: pass a GLUE TSV such as ../shared/data/glue/SST-2/dev.tsv")
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
-    columns = rows[0].keys() if rows else ()
-    for first, second in (("sentence", None), ("sentence1", "sentence2"), ("#1 String", "#2 String")):
-        if first in columns:
-            texts = [r[first] if second is None else (r[first], r[second]) for r in rows[:limit]]
-            return texts, f"{path} ({len(texts)} rows)", _gold_labels(rows[:limit])
-    raise ExportError(f"{path} has no sentence/sentence1/'#1 String' column: pass a GLUE TSV with a header")
+    try:
+        examples = read_examples(parity_data, limit=limit)
+    except TableError as err:
+        raise ExportError(f"--parity-data: {err}") from None
+    if not examples.texts:
+        raise ExportError(f"--parity-data {parity_data} holds no sentences: pass a GLUE TSV such as "
+                          "../shared/data/glue/SST-2/dev.tsv")
+    return examples.texts, f"{parity_data} ({len(examples.texts)} rows)", _gold_labels(examples.labels)
 
 
-def _gold_labels(rows: list[dict]) -> np.ndarray | None:
-    column = next((c for c in ("label", "Quality") if rows and c in rows[0]), None)
-    if column is None or not all(r[column].strip().isdigit() for r in rows):
+def _gold_labels(labels: list[str] | None) -> np.ndarray | None:
+    """Class ids when every label is one (regression scores and label words are not)."""
+    if not labels or not all((label or "").strip().isdigit() for label in labels):
         return None
-    return np.array([int(r[column]) for r in rows])
+    return np.array([int(label) for label in labels])
 
 
 # --------------------------------------------------------------------------------------------- parity
@@ -164,16 +164,6 @@ class Reference:
         if self.gold is None or self.is_regression:
             return None
         return float((logits.argmax(1) == self.gold).mean())
-
-
-def tokenised_batches(tokenizer, texts: list, max_seq: int, batch_size: int = PARITY_BATCH) -> list[dict]:
-    batches = []
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start:start + batch_size]
-        args = ([a for a, _ in chunk], [b for _, b in chunk]) if isinstance(chunk[0], tuple) else (chunk,)
-        enc = tokenizer(*args, truncation=True, max_length=max_seq, padding="longest", return_tensors="np")
-        batches.append({k: v.astype(np.int64) for k, v in enc.items()})
-    return batches
 
 
 def run_batches(backend, batches: list[dict]) -> np.ndarray:
@@ -275,16 +265,6 @@ def cpu_isa() -> str:
     except OSError:
         return "avx2"
     return "avx512_vnni" if "avx512_vnni" in flags else "avx512" if "avx512f" in flags else "avx2"
-
-
-def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
 
 
 def onnx_opset(onnx_path: Path) -> int:
@@ -393,21 +373,6 @@ def _build_tensorrt(onnx_path: Path, work: Path, reference: Reference, options: 
     return result
 
 
-def _place(work: Path, out: Path, overwrite: bool) -> None:
-    """Move the finished directory to ``out`` (an existing export is replaced only with overwrite)."""
-    if out.exists():
-        if not overwrite or not (out / MANIFEST).is_file():
-            raise ExportError(f"{out} already exists: pass --overwrite to replace an export directory, "
-                              "or choose another --out")
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(work, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(work, out)
-
-
 def export(model_dir: str | Path, out_dir: str | Path, options: ExportOptions | None = None,
            log=print) -> dict:
     """Build every requested variant of ``model_dir`` into ``out_dir``; return the manifest.
@@ -419,6 +384,9 @@ def export(model_dir: str | Path, out_dir: str | Path, options: ExportOptions | 
     model_dir, out = Path(model_dir), Path(out_dir)
     if out.exists() and not options.overwrite:
         raise ExportError(f"{out} already exists: pass --overwrite to replace it, or choose another --out")
+    if out.exists() and not (out / MANIFEST).is_file():
+        raise ExportError(f"{out} exists and is not an export directory (no {MANIFEST}), so --overwrite does not "
+                          "replace it: choose another --out")
     if options.tensorrt:
         from runtime.tensorrt import require_tensorrt
 
@@ -426,33 +394,31 @@ def export(model_dir: str | Path, out_dir: str | Path, options: ExportOptions | 
     config_dict, weights, model, tokenizer = _load_source(model_dir)
     texts, source, gold = parity_sentences(options.parity_data, options.parity_limit)
     # batches no larger than the TensorRT profile accepts (the same batches go through every variant)
-    batches = tokenised_batches(tokenizer, texts, options.max_seq, min(PARITY_BATCH, options.max_batch))
+    # encoded as runtime.Classifier encodes, so parity checks what will be served
+    batches = Encoder(tokenizer, options.max_seq, str(model_dir)).batches(texts, min(PARITY_BATCH, options.max_batch))
     reference = Reference(batches, run_batches(torch_backend(model), batches), not labels_of(config_dict), gold)
     log(f"parity set: {source}")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     scratch = Path(tempfile.mkdtemp(prefix="runtime-export-"))
     try:
-        head_padding = _pad_heads(model, reference) if options.pad_heads else {"padded": False}
-        manifest = _build(model, tokenizer, work, scratch, reference, options, log)
-        manifest.update({
-            "format_version": 1,
-            "source": {"path": str(model_dir.resolve()), "weights": weights.name, "sha256": sha256_file(weights),
-                       "architecture": (config_dict.get("architectures") or ["?"])[0]},
-            "labels": labels_of(config_dict), "is_regression": reference.is_regression,
-            "parity_max_seq": options.max_seq, "parity_data": source, "head_padding": head_padding,
-            "versions": library_versions(),
-        })
-        manifest["files"].update({p.name: file_entry(p, None, "tokenizer/config for the ONNX variants")
-                                  for p in sorted(work.iterdir()) if p.suffix in (".json", ".txt")
-                                  and p.name not in manifest["files"]})
-        (work / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        work.chmod(0o755)
-        _place(work, out, options.overwrite)
+        # built under a temporary name beside --out, renamed into place only when every variant passed
+        with atomic_dir(out, if_exists="replace") as work:
+            head_padding = _pad_heads(model, reference) if options.pad_heads else {"padded": False}
+            manifest = _build(model, tokenizer, work, scratch, reference, options, log)
+            manifest.update({
+                "format_version": 1,
+                "source": {"path": str(model_dir.resolve()), "weights": weights.name, "sha256": sha256_file(weights),
+                           "architecture": (config_dict.get("architectures") or ["?"])[0]},
+                "labels": labels_of(config_dict), "is_regression": reference.is_regression,
+                "parity_max_seq": options.max_seq, "parity_data": source, "head_padding": head_padding,
+                "versions": library_versions(VERSIONED),
+            })
+            manifest["files"].update({p.name: file_entry(p, None, "tokenizer/config for the ONNX variants")
+                                      for p in sorted(work.iterdir()) if p.suffix in (".json", ".txt")
+                                      and p.name not in manifest["files"]})
+            (work / MANIFEST).write_text(json.dumps(manifest, indent=2))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
     return manifest
 
 

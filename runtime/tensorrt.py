@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ernie_common.io import write_atomic
 from runtime.backends import TENSORRT_EXTRA, BackendUnavailable
-from runtime.io import write_atomic
 
 ENGINE_NAME = "model_fp16.engine"
 SETTINGS_NAME = "model_fp16.engine.json"

@@ -1,18 +1,18 @@
 """Builders for the runtime tests' models (also used by the measurement script in the README)."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
+
+from ernie_common.tables import read_examples
 
 LABELS = {0: "negative", 1: "positive"}
 
 
 def read_sst2(path: Path, limit: int) -> tuple[list[str], np.ndarray]:
-    with open(path, encoding="utf-8", newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))[:limit]
-    return [r["sentence"] for r in rows], np.array([int(r["label"]) for r in rows])
+    examples = read_examples(path, "sentence", limit)
+    return examples.texts, np.array([int(label) for label in examples.labels])
 
 
 def fit_minilm_classifier(minilm_dir: Path, sst2_train: Path, out: Path, n_train: int = 256) -> Path:

@@ -60,7 +60,21 @@ def test_tensorrt_backend_off_gpu(tmp_path):
 
 
 def test_registry_names():
-    assert set(BACKENDS) == {"torch", "onnxruntime", "tensorrt"}
+    assert set(BACKENDS) == {"torch", "onnxruntime", "tensorrt", "cuda-graphs"}
+
+
+def test_cuda_graphs_backend_off_gpu_says_what_to_use(tiny_bert_dir):
+    from runtime.backends import gpu_available
+
+    with pytest.raises(ValueError, match="runs on a GPU, not cpu") as err:
+        BACKENDS["cuda-graphs"](tiny_bert_dir, device="cpu")
+    assert "\n" not in str(err.value)
+    if gpu_available():
+        pytest.skip("a GPU is present: covered by the GPU tests")
+    with pytest.raises(BackendUnavailable) as err:
+        BACKENDS["cuda-graphs"](tiny_bert_dir)
+    message = str(err.value)
+    assert "\n" not in message and "CUDA GPU" in message and "backend 'torch'" in message
 
 
 def test_tensorrt_ep_gets_profile_shapes_and_engine_cache(monkeypatch, tiny_export, tmp_path):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from runtime import bench
-from runtime.bench_models import ModelSpec, arch_config, count_parameters
+from ernie_common.params import count_params
+from runtime.bench_models import ModelSpec, arch_config
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--warmup", "1", "--iters", "6", "--min-iters", "3", "--max-time", "10", "--threads", "1"]
@@ -43,7 +44,7 @@ def test_arch_shapes_match_the_published_models(arch, shape, params_m):
             config.vocab_size) == shape
     with torch.device("meta"):  # shapes only: no 110M random numbers to draw
         model = BertForSequenceClassification(config)
-    assert count_parameters(model) / 1e6 == pytest.approx(params_m, abs=0.005)
+    assert count_params(model) / 1e6 == pytest.approx(params_m, abs=0.005)
 
 
 def test_summarize_percentiles_and_median_round_throughput():
@@ -179,7 +180,7 @@ def test_cuda_graphs_replay_matches_eager_per_shape(tiny_bert_dir):
         inputs = bench.synthetic_batch(batch, seq, 30522, seed=batch * seq)
         inputs["attention_mask"][:, seq - 3:] = 0  # real padding goes through the 3-D mask path
         np.testing.assert_allclose(graphs(inputs), eager(inputs), atol=1e-4)
-    assert len(graphs._graphs) == 2  # one capture per shape, replayed afterwards
+    assert len(graphs.run._graphs) == 2  # one capture per shape bucket, replayed afterwards
 
 
 @pytest.mark.gpu

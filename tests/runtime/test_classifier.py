@@ -115,6 +115,19 @@ def test_errors_name_the_fix(tmp_path, tiny_bert_dir, tiny_export, minilm_dir):
         Classifier.load(tiny_export, backend="tensorrt", variant="tensorrt", device="cpu")
 
 
+def test_cuda_graphs_is_named_not_chosen_by_auto(tiny_bert_dir, tiny_export):
+    from runtime.backends import gpu_available
+
+    with pytest.raises(ModelDirError, match="without PyTorch weights.*cuda-graphs"):
+        Classifier.load(tiny_export, backend="cuda-graphs")
+    if gpu_available():
+        pytest.skip("a GPU is present: covered by the GPU tests")
+    assert Classifier.load(tiny_bert_dir).backend.name == "torch"  # auto on a CPU machine
+    with pytest.raises(BackendUnavailable) as err:
+        Classifier.load(tiny_bert_dir, backend="cuda-graphs")
+    assert "backend 'torch'" in _one_line(err.value)
+
+
 def test_export_dir_on_cuda_without_gpu(tiny_export):
     import onnxruntime
 
@@ -174,6 +187,17 @@ def test_hf_dir_on_cuda_matches_cpu(tiny_bert_dir):
     gpu = Classifier.load(tiny_bert_dir)  # auto: the GPU first
     assert gpu.backend.providers == ["torch:cuda"] and gpu.backend.device == "cuda"
     np.testing.assert_allclose(gpu.logits(TEXTS * 20), cpu.logits(TEXTS * 20), atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_hf_dir_on_cuda_graphs_matches_cpu(tiny_bert_dir):
+    cpu = Classifier.load(tiny_bert_dir, device="cpu", batch_size=8)
+    graphs = Classifier.load(tiny_bert_dir, backend="cuda-graphs", batch_size=8)
+    assert graphs.backend.name == "cuda-graphs" and graphs.backend.providers == ["torch:cuda", "cuda-graphs"]
+    texts = [*TEXTS * 7, "one more"]  # batches of 8 and a short last one: padded rows and tokens are masked
+    np.testing.assert_allclose(graphs.logits(texts), cpu.logits(texts), atol=1e-4)
+    assert graphs.info()["backend"] == "cuda-graphs"
 
 
 @pytest.mark.gpu

@@ -1,12 +1,13 @@
 """Fixtures for the HTTP tests: a real `bentoml serve` on a free loopback port, stopped by its PID."""
 from __future__ import annotations
 
-import csv
 import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
+
+from ernie_common.tables import read_examples
 
 REPO = Path(__file__).resolve().parents[2]
 # one worker with one thread starts fastest; on shared cores more threads only wait for each other
@@ -25,8 +26,7 @@ def serve_load():
 
 @pytest.fixture(scope="session")
 def sst2_sentences(glue_dir) -> list[str]:
-    with open(glue_dir / "SST-2" / "dev.tsv", newline="", encoding="utf-8") as fh:
-        return [row["sentence"] for row in csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)]
+    return read_examples(glue_dir / "SST-2" / "dev.tsv", "sentence").texts
 
 
 @pytest.fixture(scope="session")

@@ -33,11 +33,20 @@ def test_workers_and_threads_follow_the_machine():
     assert (both.workers, both.threads) == (2, 3)
 
 
-def test_available_cpus_honours_a_cgroup_quota(tmp_path):
+def test_usable_cpus_honours_a_cgroup_quota(tmp_path):
+    from ernie_common.env import usable_cpus
+
     (tmp_path / "cpu.max").write_text("150000 100000\n")
-    assert settings.available_cpus(tmp_path) == min(2, settings.available_cpus(tmp_path / "none"))
+    assert usable_cpus(tmp_path) == min(2, usable_cpus(tmp_path / "none"))
     (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert settings.available_cpus(tmp_path) == settings.available_cpus(tmp_path / "none") >= 1
+    assert usable_cpus(tmp_path) == usable_cpus(tmp_path / "none") >= 1
+
+
+def test_gpu_only_backends_run_one_gpu_worker(tmp_path):
+    no_driver = tmp_path / "no-driver"
+    assert settings.on_gpu("cuda-graphs", no_driver) and settings.on_gpu("tensorrt", no_driver)
+    assert not settings.on_gpu("auto", no_driver) and not settings.on_gpu("torch", no_driver)
+    assert settings.Settings.from_env({"COMPRESSOR_BACKEND": "cuda-graphs"}, cpus=4).workers == 1
 
 
 def test_no_model_is_a_clear_error():
