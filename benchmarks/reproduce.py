@@ -69,6 +69,11 @@ _GLUE = str(SHARED / "data" / "glue")
 _CORPUS = str(SHARED / "data" / "corpus" / "general_en.txt.gz")
 
 
+def local_corpus(path: str) -> dict[str, Any]:
+    """The local corpus file replaces the recipe's hub dataset (a recipe names one or the other)."""
+    return {"general.files": [path], "general.dataset": None, "general.dataset_config": None}
+
+
 class ReproduceError(ValueError):
     """A benchmark that cannot go ahead as asked; the message is one line that names the fix."""
 
@@ -227,14 +232,14 @@ class Plan:
     out: Path
     teacher: str
     overrides: dict[str, Any]
-    """The command line's recipe overrides (``--glue-dir``/``--corpus`` included when given)."""
+    """The command line's ``--dotted.key value`` recipe overrides."""
     glue_dir: str = _GLUE
     corpus: str = _CORPUS
 
     @property
     def settings(self) -> dict[str, Any]:
         """What every run's recipe gets after the scale's layers: the teacher, the data, the overrides."""
-        return {"teacher.pretrained": self.teacher, "task.glue_dir": self.glue_dir, "general.files": [self.corpus],
+        return {"teacher.pretrained": self.teacher, "task.glue_dir": self.glue_dir, **local_corpus(self.corpus),
                 **self.overrides}
 
     @property
@@ -511,12 +516,9 @@ def make_plan(args: argparse.Namespace, extra: list[str]) -> Plan:
             raise ReproduceError(f"--scale {scale.name} needs a CUDA GPU and none is visible; use --scale demo on a CPU "
                                  "(or --allow-cpu to run it anyway)")
     overrides = parse_overrides(extra)
-    if args.glue_dir:
-        overrides["task.glue_dir"] = args.glue_dir
-    if args.corpus:
-        overrides["general.files"] = [args.corpus]
     out = Path(args.output_dir).resolve()
-    return Plan(scale, tasks, [VARIANTS[k] for k in keys], out, resolve_teacher(scale, args.teacher, out), overrides)
+    return Plan(scale, tasks, [VARIANTS[k] for k in keys], out, resolve_teacher(scale, args.teacher, out), overrides,
+                glue_dir=args.glue_dir or _GLUE, corpus=args.corpus or _CORPUS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -525,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "e.g. --stages.tsd.epochs 3 --stages.gd.max_steps 1000")
     p.add_argument("--scale", choices=list(SCALES), default="demo")
     p.add_argument("--tasks", help="comma-separated GLUE tasks (default: the scale's)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of a,b,c,d,e")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
     p.add_argument("--output-dir", default=None, help="default: runs/reproduce-<scale>; rerun to resume")
     p.add_argument("--teacher", help="pretrained encoder (HF dir or hub id) instead of the scale's")
     p.add_argument("--glue-dir", help=f"GLUE folder with the standard TSVs (default: {_GLUE})")

@@ -1,17 +1,23 @@
-"""Bounded HTTP load against the BentoML service on this machine, batched against unbatched.
+"""Bounded HTTP load against the BentoML service on this machine, against the model's own speed in-process.
 
-Either point it at a running server (``--url http://127.0.0.1:3000``) or let it start ``bentoml serve`` itself
-on a free loopback port for each batching mode (``--model-dir DIR``). Load is always bounded: a fixed number
-of requests, N concurrent clients, a time limit; only loopback addresses are accepted.
+    python benchmarks/serve_load.py --model-dir exports/sst2 --clients 1 16 64 --requests 600 --rounds 3
 
-    python benchmarks/serve_load.py --model-dir runs/demo/final --requests 400 --concurrency 32
+starts ``bentoml serve`` on free loopback ports, once with adaptive batching and once without (both stay up;
+their rounds alternate, so a busy moment of the machine hits both alike), and measures in the same run the
+in-process ``runtime.Classifier`` on the same sentences one at a time (batch 1): the reference the service is
+judged against. The load generator is a separate process (asyncio, ``httpx.AsyncClient``, one keep-alive
+connection per client), so it does not share an interpreter with the measuring process. Load is bounded: a
+fixed number of requests per round, a time limit, loopback addresses only. ``--url`` loads a running server
+instead (add ``--model-dir`` for the reference).
 
-Prints one table row per mode: requests/s, texts/s, p50/p99 latency, errors, and the mean batch size (requests
-per model call) from the server's ``/metrics`` (BentoML's ``adaptive_batch_size`` histogram).
+Prints per batching mode and number of clients the medians over rounds: requests/s, the ratio to the
+reference, p50/p99 latency, errors, and the mean batch size (requests per model call, from BentoML's
+``adaptive_batch_size`` histogram in ``/metrics``); then batched against unbatched.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import csv
 import ipaddress
@@ -24,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -40,6 +45,7 @@ LOOPBACK_NAMES = {"localhost"}
 STARTUP_FAILED = "Application startup failed"
 ERROR_LINE = re.compile(r"^[\w.]+(?:Error|Exception): .+$", re.MULTILINE)
 DEFAULT_SST2 = REPO.parent / "shared" / "data" / "glue" / "SST-2" / "dev.tsv"
+MODES = {"batched": {"COMPRESSOR_BATCHING": "1"}, "unbatched": {"COMPRESSOR_BATCHING": "0"}}
 
 
 class LoadError(RuntimeError):
@@ -86,18 +92,37 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float, log_path: Pat
     raise LoadError(f"{url}/readyz did not answer 200 within {timeout_s:.0f} s: see {log_path}")
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (from /proc; empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def stop_process_group(proc: subprocess.Popen, grace_s: float = 15) -> None:
-    """Stop the server and every worker it forked: its own process group, SIGTERM then SIGKILL."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
+    """Stop the server and every worker it started: its process group, SIGTERM then SIGKILL, then any worker
+    that BentoML's process manager had put in a group of its own (it would outlive a killed manager)."""
+    workers = descendants(proc.pid)
+    if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(grace_s)
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(grace_s)
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @dataclass
@@ -108,14 +133,19 @@ class Server:
 
 
 @contextlib.contextmanager
-def bento_server(model_dir: str | Path, env: dict[str, str] | None = None, ready_timeout_s: float = 120,
+def bento_server(model_dir: str | Path | None, env: dict[str, str] | None = None, ready_timeout_s: float = 300,
                  log_dir: str | Path | None = None) -> Iterator[Server]:
-    """``bentoml serve`` the service on a free 127.0.0.1 port in its own process group; stopped on exit."""
+    """``bentoml serve`` the service on a free 127.0.0.1 port in its own process group; stopped on exit.
+    ``model_dir=None`` serves the model store's model (``BENTOML_HOME`` is ``log_dir/bentoml_home``)."""
     port = free_port()
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="serve_load_"))
+    log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"bentoml_serve_{port}.log"
-    child_env = {**os.environ, "COMPRESSOR_MODEL_DIR": str(model_dir), "BENTOML_DO_NOT_TRACK": "True",
-                 "BENTOML_HOME": str(log_dir / "bentoml_home"), **(env or {})}
+    child_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": str(log_dir / "bentoml_home"),
+                 **(env or {})}
+    child_env.pop("COMPRESSOR_MODEL_DIR", None)
+    if model_dir is not None:
+        child_env["COMPRESSOR_MODEL_DIR"] = str(model_dir)
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=child_env, stdout=log, stderr=subprocess.STDOUT,
@@ -145,9 +175,55 @@ def batch_histogram(url: str) -> tuple[float, float]:
     return total, count
 
 
+# ------------------------------------------------------------------------------------------ load generator
+
+async def _client_load(url: str, bodies: list[bytes], clients: int, time_limit_s: float, timeout_s: float,
+                       keep_answers: bool) -> tuple[list, float]:
+    """``clients`` coroutines, each with its own keep-alive connection, take the next body until none is left;
+    bodies not started before the time limit are skipped (status -1)."""
+    outcomes: list = [None] * len(bodies)
+    queue = iter(range(len(bodies)))
+    deadline = time.monotonic() + time_limit_s
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    headers = {"Content-Type": "application/json"}
+    async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits, trust_env=False) as client:
+        async def one_client() -> None:
+            for i in queue:
+                if time.monotonic() > deadline:
+                    outcomes[i] = (-1, None, None)
+                    continue
+                start = time.perf_counter()
+                try:
+                    response = await client.post("/classify", content=bodies[i], headers=headers)
+                except httpx.HTTPError:
+                    outcomes[i] = (0, time.perf_counter() - start, None)
+                    continue
+                latency = time.perf_counter() - start
+                ok = response.status_code == 200
+                outcomes[i] = (response.status_code, latency, response.json() if ok and keep_answers else None)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        return outcomes, time.perf_counter() - start
+
+
+def client_main(job_path: str) -> int:
+    """The load generator's own process: reads a job file, writes its outcomes beside it."""
+    job = json.loads(Path(job_path).read_text())
+    bodies = [json.dumps(p).encode() for p in job["payloads"]]
+    outcomes, wall = asyncio.run(_client_load(job["url"], bodies, job["clients"], job["time_limit_s"],
+                                              job["timeout_s"], job["keep_answers"]))
+    out = Path(job["out"])
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"outcomes": outcomes, "wall_s": wall}))
+    tmp.replace(out)
+    return 0
+
+
 @dataclass
 class LoadResult:
     mode: str
+    clients: int
     requests: int
     texts: int
     errors: int
@@ -160,102 +236,158 @@ class LoadResult:
     statuses: dict[int, int] = field(default_factory=dict)
     answers: list = field(default_factory=list, repr=False)
 
-    def row(self) -> str:
-        batch = "-" if self.mean_batch_size is None else f"{self.mean_batch_size:.1f}"
-        return (f"| {self.mode} | {self.requests} | {self.requests_per_s:.1f} | {self.texts_per_s:.1f} | "
-                f"{self.p50_ms:.0f} | {self.p99_ms:.0f} | {self.errors} | {batch} |")
-
-
-TABLE_HEADER = ("| mode | requests | requests/s | texts/s | p50 ms | p99 ms | errors | mean batch (requests) |\n"
-                "|---|---|---|---|---|---|---|---|")
-
 
 def run_load(url: str, payloads: Sequence[dict], concurrency: int, time_limit_s: float,
-             mode: str = "server", timeout_s: float = 60) -> LoadResult:
-    """POST every payload to ``/classify`` from ``concurrency`` clients; requests not started before the time
-    limit are skipped (counted as errors). Answers are kept in payload order (None for failures)."""
+             mode: str = "server", timeout_s: float = 60, keep_answers: bool = True) -> LoadResult:
+    """POST every payload to ``/classify`` from ``concurrency`` clients in a separate load-generator process;
+    answers are kept in payload order (None for failures) when ``keep_answers``."""
     url = check_loopback(url)
     before = batch_histogram(url)
-    deadline = time.monotonic() + time_limit_s
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-
-    with httpx.Client(base_url=url, timeout=timeout_s, limits=limits, trust_env=False) as client:
-        def one(payload: dict) -> tuple[int, float, object]:
-            if time.monotonic() > deadline:
-                return -1, float("nan"), None
-            start = time.perf_counter()
-            try:
-                response = client.post("/classify", json=payload)
-            except httpx.HTTPError:
-                return 0, time.perf_counter() - start, None
-            ok = response.status_code == 200
-            return response.status_code, time.perf_counter() - start, response.json() if ok else None
-
-        start = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            outcomes = list(pool.map(one, payloads))
-        wall = time.perf_counter() - start
-
+    with tempfile.TemporaryDirectory(prefix="serve_load_job_") as folder:
+        job, out = Path(folder) / "job.json", Path(folder) / "out.json"
+        job.write_text(json.dumps({"url": url, "payloads": list(payloads), "clients": concurrency,
+                                   "time_limit_s": time_limit_s, "timeout_s": timeout_s,
+                                   "keep_answers": keep_answers, "out": str(out)}))
+        try:
+            done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--client-job", str(job)],
+                                  capture_output=True, text=True, timeout=time_limit_s + timeout_s + 60)
+        except subprocess.TimeoutExpired:
+            raise LoadError(f"the load generator ran past {time_limit_s + timeout_s + 60:.0f} s: is the machine "
+                            "overloaded? (see uptime)") from None
+        if done.returncode != 0 or not out.is_file():
+            raise LoadError(f"the load generator failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}")
+        result = json.loads(out.read_text())
     after = batch_histogram(url)
+    outcomes, wall = result["outcomes"], result["wall_s"]
     statuses: dict[int, int] = {}
     for status, _, _ in outcomes:
         statuses[status] = statuses.get(status, 0) + 1
-    done = [(lat, payload) for (status, lat, _), payload in zip(outcomes, payloads) if status == 200]
-    latencies_ms = np.array([lat for lat, _ in done]) * 1000 if done else np.array([np.nan])
-    texts = sum(len(p.get("texts") or p.get("pairs")) for _, p in done)
+    ok = [(lat, payload) for (status, lat, _), payload in zip(outcomes, payloads) if status == 200]
+    latencies_ms = np.array([lat for lat, _ in ok]) * 1000 if ok else np.array([np.nan])
+    texts = sum(len(p.get("texts") or p.get("pairs")) for _, p in ok)
     calls = after[1] - before[1]
-    return LoadResult(mode, len(payloads), texts, len(payloads) - len(done), wall, len(done) / wall, texts / wall,
-                      float(np.percentile(latencies_ms, 50)), float(np.percentile(latencies_ms, 99)),
+    return LoadResult(mode, concurrency, len(payloads), texts, len(payloads) - len(ok), wall, len(ok) / wall,
+                      texts / wall, float(np.percentile(latencies_ms, 50)), float(np.percentile(latencies_ms, 99)),
                       (after[0] - before[0]) / calls if calls else None, statuses,
                       [answer for _, _, answer in outcomes])
 
+
+# ---------------------------------------------------------------------------------------------- reference
+
+def classifier_reference(model_dir: str | Path, sentences: Sequence[str], seconds: float = 3.0) -> float:
+    """In-process ``runtime.Classifier`` (as loaded with its defaults) on one sentence per call: sentences/s
+    over about ``seconds``, after a warm-up."""
+    from runtime import Classifier
+
+    classifier = Classifier.load(model_dir)
+    for text in sentences[:20]:
+        classifier([text])
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        classifier([sentences[done % len(sentences)]])
+        done += 1
+    return done / (time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------------------------- the table
 
 def read_sst2_sentences(path: str | Path) -> list[str]:
     with open(path, newline="", encoding="utf-8") as fh:
         return [row["sentence"] for row in csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)]
 
 
-def make_payloads(sentences: Sequence[str], requests: int, texts_per_request: int) -> list[dict]:
+def make_payloads(sentences: Sequence[str], requests: int, texts_per_request: int, offset: int = 0) -> list[dict]:
     if not sentences:
         raise LoadError("no sentences to send: pass --data with a GLUE SST-2 style TSV (column 'sentence')")
-    return [{"texts": [sentences[(i * texts_per_request + j) % len(sentences)] for j in range(texts_per_request)]}
-            for i in range(requests)]
+    return [{"texts": [sentences[(offset + i * texts_per_request + j) % len(sentences)]
+                       for j in range(texts_per_request)]} for i in range(requests)]
 
 
-MODES = {"batched": {"COMPRESSOR_BATCHING": "1"}, "unbatched": {"COMPRESSOR_BATCHING": "0"}}
+@dataclass
+class Row:
+    mode: str
+    clients: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    mean_batch_size: float | None
+    rounds: list[dict] = field(default_factory=list)
 
 
-def compare_modes(model_dir: str | Path, payloads: list[dict], concurrency: int, time_limit_s: float,
-                  modes: Sequence[str] = tuple(MODES), extra_env: dict[str, str] | None = None,
-                  warmup: int = 8) -> list[LoadResult]:
-    """Start a server per batching mode, warm it up (untimed), load it, stop it."""
-    results = []
-    for mode in modes:
-        with bento_server(model_dir, env={**MODES[mode], **(extra_env or {})}) as server:
-            run_load(server.url, payloads[:warmup], min(concurrency, warmup), time_limit_s, "warmup")
-            results.append(run_load(server.url, payloads, concurrency, time_limit_s, mode))
-    return results
+def median_row(results: list[LoadResult]) -> Row:
+    batches = [r.mean_batch_size for r in results if r.mean_batch_size is not None]
+    return Row(results[0].mode, results[0].clients, float(np.median([r.requests_per_s for r in results])),
+               float(np.median([r.p50_ms for r in results])), float(np.median([r.p99_ms for r in results])),
+               sum(r.errors for r in results), float(np.median(batches)) if batches else None,
+               [{k: v for k, v in asdict(r).items() if k != "answers"} for r in results])
+
+
+def measure(urls: dict[str, str], sentences: Sequence[str], clients: Sequence[int], requests: int, rounds: int,
+            texts_per_request: int, time_limit_s: float, log=print) -> list[Row]:
+    """Per number of clients, ``rounds`` rounds alternating the servers; a warm-up load first (untimed)."""
+    warm = make_payloads(sentences, 4 * max(clients), texts_per_request)
+    for url in urls.values():
+        run_load(url, warm, max(clients), time_limit_s, "warm-up", keep_answers=False)
+    rows = []
+    for n in clients:
+        results: dict[str, list[LoadResult]] = {mode: [] for mode in urls}
+        for r in range(rounds):
+            payloads = make_payloads(sentences, requests, texts_per_request, offset=r * requests)
+            for mode, url in (urls.items() if r % 2 == 0 else reversed(urls.items())):
+                result = run_load(url, payloads, n, time_limit_s, mode, keep_answers=False)
+                log(f"  {mode:9} {n:3} clients round {r + 1}: {result.requests_per_s:6.1f} req/s, "
+                    f"p99 {result.p99_ms:6.1f} ms, errors {result.errors}")
+                results[mode].append(result)
+        rows += [median_row(results[mode]) for mode in urls]
+    return rows
+
+
+def table(rows: list[Row], reference: float | None) -> str:
+    lines = ["| mode | clients | requests/s | service / Classifier | p50 ms | p99 ms | errors | mean batch (requests) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        ratio = f"{row.requests_per_s / reference:.0%}" if reference else "-"
+        batch = "-" if row.mean_batch_size is None else f"{row.mean_batch_size:.1f}"
+        lines.append(f"| {row.mode} | {row.clients} | {row.requests_per_s:.1f} | {ratio} | {row.p50_ms:.1f} | "
+                     f"{row.p99_ms:.1f} | {row.errors} | {batch} |")
+    return "\n".join(lines)
+
+
+def batching_comparison(rows: list[Row]) -> list[str]:
+    by = {(r.mode, r.clients): r for r in rows}
+    lines = []
+    for n in sorted({r.clients for r in rows}):
+        on, off = by.get(("batched", n)), by.get(("unbatched", n))
+        if on and off:
+            lines.append(f"{n} clients: batching on/off throughput {on.requests_per_s / off.requests_per_s:.2f}x, "
+                         f"p99 {on.p99_ms:.1f} vs {off.p99_ms:.1f} ms")
+    return lines
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--url", help="a running server on a loopback address, e.g. http://127.0.0.1:3000")
-    target.add_argument("--model-dir", help="start `bentoml serve` on this model, once per batching mode")
+    parser.add_argument("--url", help="a running server on a loopback address, e.g. http://127.0.0.1:3000")
+    parser.add_argument("--model-dir", help="start `bentoml serve` on this model (one server per mode), and "
+                                            "measure the in-process Classifier on it")
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
-    parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--clients", nargs="+", type=int, default=[1, 16, 64], help="concurrent clients")
+    parser.add_argument("--requests", type=int, default=600, help="requests per round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--texts-per-request", type=int, default=1)
-    parser.add_argument("--time-limit", type=float, default=120, help="seconds; later requests are skipped")
+    parser.add_argument("--time-limit", type=float, default=120, help="seconds per round; later requests skipped")
     parser.add_argument("--data", default=str(DEFAULT_SST2), help="TSV with a 'sentence' column (SST-2 dev)")
     parser.add_argument("--server-env", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="extra environment for the servers started with --model-dir, e.g. OMP_NUM_THREADS=1 "
-                             "COMPRESSOR_MAX_BATCH_SIZE=32")
+                        help="extra environment for the servers started here, e.g. COMPRESSOR_WORKERS=1")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
-    for name in ("requests", "concurrency", "texts_per_request"):
+    if not (args.url or args.model_dir):
+        parser.error("pass --model-dir (start servers here) or --url (a running server)")
+    for name in ("requests", "rounds", "texts_per_request"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if min(args.clients) < 1:
+        parser.error("--clients must be at least 1")
     if any("=" not in pair for pair in args.server_env):
         parser.error("--server-env takes KEY=VALUE pairs")
     args.server_env = dict(pair.split("=", 1) for pair in args.server_env)
@@ -263,25 +395,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] == ["--client-job"]:
+        return client_main(sys.argv[2])
     args = parse_args(argv)
     try:
-        payloads = make_payloads(read_sst2_sentences(args.data), args.requests, args.texts_per_request)
-        if args.url:
-            results = [run_load(args.url, payloads, args.concurrency, args.time_limit)]
-        else:
-            results = compare_modes(args.model_dir, payloads, args.concurrency, args.time_limit, args.modes,
-                                    args.server_env)
+        sentences = read_sst2_sentences(args.data)
+        with contextlib.ExitStack() as stack:
+            if args.url:
+                urls = {"server": check_loopback(args.url)}
+            else:
+                urls = {mode: stack.enter_context(bento_server(args.model_dir, {**MODES[mode], **args.server_env})).url
+                        for mode in args.modes}
+            reference = [classifier_reference(args.model_dir, sentences)] if args.model_dir else []
+            rows = measure(urls, sentences, args.clients, args.requests, args.rounds, args.texts_per_request,
+                           args.time_limit)
+            if args.model_dir:
+                reference.append(classifier_reference(args.model_dir, sentences))
     except (LoadError, OSError, httpx.HTTPError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{args.requests} requests x {args.texts_per_request} texts, {args.concurrency} concurrent clients"
-          + (f", server env {args.server_env}" if args.server_env else ""))
-    print(TABLE_HEADER)
-    for result in results:
-        print(result.row())
+    ref = float(np.median(reference)) if reference else None
+    print(f"\n{args.requests} requests x {args.texts_per_request} texts per round, {args.rounds} rounds (medians), "
+          f"uptime load {os.getloadavg()[0]:.2f}" + (f", server env {args.server_env}" if args.server_env else ""))
+    if ref:
+        print(f"in-process runtime.Classifier, one sentence per call: {ref:.1f} sentences/s "
+              f"(before/after the load: {', '.join(f'{r:.1f}' for r in reference)})")
+    print(table(rows, ref))
+    print("\n".join(batching_comparison(rows)))
     if args.json:
         tmp = Path(f"{args.json}.tmp")
-        tmp.write_text(json.dumps([{k: v for k, v in asdict(r).items() if k != "answers"} for r in results],
+        tmp.write_text(json.dumps({"reference_sentences_per_s": reference, "rows": [asdict(r) for r in rows]},
                                   indent=2))
         tmp.replace(args.json)
     return 0

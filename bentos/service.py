@@ -1,112 +1,89 @@
 """BentoML service: the compressed classifier over HTTP, with adaptive batching across requests.
 
-``POST /classify`` validates one request (a pydantic model: a 4xx answer naming the problem, never a 500 for
-a client's mistake), then calls the batchable ``POST /predict`` through the service's own in-process client
-(``self.to_async``), so the call goes through BentoML's batching dispatcher: the item lists of concurrent
-requests are concatenated into one ``runtime.Classifier`` call and the answers split back
-(``bentoml_service_adaptive_batch_size`` in ``/metrics`` counts requests per call). (``self.predict`` would
-pick the blocking client for this sync API and stall the event loop; a second service via ``bentoml.depends``
-would add a process and a socket hop to every request.)
+``POST /classify`` is itself the batchable API. Its input descriptor validates a request once (one pydantic
+pass over the JSON body: texts, lengths, the model's input kind) and hands BentoML's batching dispatcher the
+request's list of items; the dispatcher concatenates the lists of concurrent requests into one
+``runtime.Classifier`` call, which tokenises them once, groups them by length and splits the answers back
+(``bentoml_service_adaptive_batch_size`` in ``/metrics`` counts requests per call). A bad request never
+reaches the batch: it is answered 400 (malformed), 422 (a text over ``COMPRESSOR_MAX_CHARS``, texts for a pair
+model or pairs for a single-text one) or 413 (a body larger than any valid request) with ``{"error": "<one
+line naming the fix>"}``. The published request schema is the served model's: ``texts`` only for a
+single-text model, ``pairs`` only for a pair model, either for a model whose config does not say.
 
-Configuration is read from the environment when this module is imported (``bentoml serve`` imports it in
-every process), so one Bento serves any model and any batching policy:
-
-=============================  ==========  =====================================================================
-variable                       default     meaning
-=============================  ==========  =====================================================================
-COMPRESSOR_MODEL_DIR           (required)  HF classification directory or ``runtime.export`` directory
-COMPRESSOR_BACKEND             auto        ``runtime.Classifier.load(backend=...)``
-COMPRESSOR_VARIANT             (best)      export variant: fp32, optimized, fp16, int8
-COMPRESSOR_MAX_ITEMS           64          most texts (or pairs) one request may carry
-COMPRESSOR_BATCHING            1           0 turns adaptive batching off (each request runs alone)
-COMPRESSOR_MAX_BATCH_SIZE      64          most texts in one model call
-COMPRESSOR_MAX_LATENCY_MS      10000       BentoML's latency budget: queued requests past it get a 503
-=============================  ==========  =====================================================================
+Settings come from the environment (``bentos/settings.py``: model, limits, batching, workers, threads) and,
+for ``bentoml build``, from BentoML arguments (``--arg device=gpu`` picks the GPU image, ``--arg
+model=NAME:VERSION`` the stored model to pack).
 """
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import bentoml
-from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, model_validator
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from typing_extensions import NotRequired, TypedDict
 
+from bentos.contract import ContractMiddleware, RequestRejected
+from bentos.settings import ServiceConfigError, Settings
+
+# the tokenizer's own thread pool would compete with the model's threads for the worker's share of cores
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SETTINGS = Settings.from_env()
 SERVICE_TIMEOUT_S = 60
-# BentoML 1.4's internal client re-creates its session every `max_requests` calls or `max_age` seconds and
-# closes the old one with requests still in flight on it ("Cannot write to closing transport" -> 500s under
-# load). The self-call below is in-process (an ASGI connector, no sockets), so there is nothing to recycle.
-NEVER_RECYCLE = {"max_requests": 2**31 - 1, "max_age": 1e9}
+# the largest body that can hold a valid request: every text at the limit, each character JSON-escaped
+MAX_BODY_BYTES = SETTINGS.max_items * 2 * SETTINGS.max_chars * 12 + 65_536
+DEFAULT_MODEL = "ernie-tiny-classifier:latest"
 
 
-class ServiceConfigError(ValueError):
-    """The serving environment is misconfigured; the message names the variable to fix."""
+class BentoArgs(BaseModel):
+    """``bentoml build/serve --arg KEY=VALUE``: the image and the stored model a Bento is built with."""
+
+    model_config = ConfigDict(extra="forbid")
+    device: Literal["cpu", "gpu"] = "cpu"
+    model: str = DEFAULT_MODEL
 
 
-def env_int(name: str, default: int, minimum: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ServiceConfigError(f"{name}={raw!r} is not an integer: set it to a whole number >= {minimum}") from None
-    if value < minimum:
-        raise ServiceConfigError(f"{name}={value} is below {minimum}: set it to a whole number >= {minimum}")
-    return value
-
-
-def env_flag(name: str, default: bool) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw not in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
-        raise ServiceConfigError(f"{name}={raw!r} is not a flag: set it to 1 or 0")
-    return raw in {"1", "true", "yes", "on"}
-
-
-MAX_ITEMS = env_int("COMPRESSOR_MAX_ITEMS", 64, 1)
-BATCHING = env_flag("COMPRESSOR_BATCHING", True)
-MAX_BATCH_SIZE = env_int("COMPRESSOR_MAX_BATCH_SIZE", 64, 2)
-MAX_LATENCY_MS = env_int("COMPRESSOR_MAX_LATENCY_MS", 10_000, 1)
+ARGS = bentoml.use_arguments(BentoArgs)
+# The ONNX Runtime path needs no torch: the CPU image has none (it serves runtime.export directories); the
+# GPU image has onnxruntime-gpu and CUDA torch (PyPI's Linux wheels), for ORT CUDA or the torch back end.
+# One CUDA major for both: PyPI's onnxruntime-gpu is built for CUDA 12 and torch up to 2.10 ships CUDA 12
+# libraries (2.11 and later ship CUDA 13); runtime imports torch first, which loads them for ORT's CUDA EP.
+RUNTIME_PACKAGES = ("transformers>=4.57,<4.58", "tokenizers>=0.21", "numpy")
+IMAGES = {
+    "cpu": bentoml.images.Image(python_version="3.11").python_packages(*RUNTIME_PACKAGES, "onnxruntime>=1.20"),
+    "gpu": bentoml.images.Image(python_version="3.11").python_packages(
+        *RUNTIME_PACKAGES, "onnxruntime-gpu>=1.20,<2", "torch>=2.4,<2.11", "safetensors"),
+}
 
 
 def not_blank(text: str) -> str:
     if not text.strip():
-        raise ValueError("texts must not be empty or only whitespace")
+        raise ValueError("must not be empty or only whitespace")
     return text
 
 
-Text = Annotated[str, StringConstraints(strict=True), AfterValidator(not_blank)]
-Pair = tuple[Text, Text]
-Item = Union[str, tuple[str, str], list[str]]
+# `pattern` tells schema readers what not_blank checks: at least one non-space character
+Text = Annotated[str, StringConstraints(strict=True, max_length=SETTINGS.max_chars), AfterValidator(not_blank),
+                 Field(json_schema_extra={"pattern": r"\S"})]
+Pair = Annotated[list[Text], Field(min_length=2, max_length=2, description="[text, text_pair]")]
+Item = Union[str, tuple[str, str]]
 
 
-class JSONBody(bentoml.IODescriptor):
-    """A request body that is JSON whatever its Content-Type says: a malformed form or multipart body is then
-    a 400 validation error instead of BentoML's 500 for a form it cannot parse. Unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    @classmethod
-    async def from_http_request(cls, request: Request, serde: Any) -> "JSONBody":
-        return cls.model_validate_json(await request.body() or b"{}")
+def _no_default(schema: dict) -> None:
+    schema.pop("default", None)
 
 
-class PredictRequest(JSONBody):
-    """``{"items": [text | [text, text_pair], ...]}``: the batchable form (single texts and pairs may mix)."""
+class ClassifyRequest(BaseModel):
+    """``{"texts": [...]}`` for single-text models or ``{"pairs": [[a, b], ...]}`` for pair models."""
 
-    items: list[Union[Text, Pair]] = Field(min_length=1, max_length=MAX_ITEMS)
+    model_config = ConfigDict(extra="forbid", title="ClassifyRequest",
+                              json_schema_extra={"oneOf": [{"required": ["texts"]}, {"required": ["pairs"]}]})
 
-
-class ClassifyRequest(JSONBody):
-    """``{"texts": [...]}`` for single-text tasks or ``{"pairs": [[a, b], ...]}`` for pair tasks."""
-
-    texts: Optional[list[Text]] = Field(None, min_length=1, max_length=MAX_ITEMS,
-                                        description="non-blank strings to classify")
-    pairs: Optional[list[Pair]] = Field(None, min_length=1, max_length=MAX_ITEMS,
-                                        description="[text, text_pair] lists of two non-blank strings")
+    texts: list[Text] = Field(None, min_length=1, max_length=SETTINGS.max_items, json_schema_extra=_no_default,
+                              description="non-blank strings to classify")
+    pairs: list[Pair] = Field(None, min_length=1, max_length=SETTINGS.max_items, json_schema_extra=_no_default,
+                              description="[text, text_pair] lists of two non-blank strings")
 
     @model_validator(mode="after")
     def exactly_one(self) -> "ClassifyRequest":
@@ -115,69 +92,161 @@ class ClassifyRequest(JSONBody):
         return self
 
 
-def classify_mixed(classifier, items: list[Item]) -> list[dict]:
-    """Classify a batch that may hold texts and pairs from different requests, answers in input order."""
-    answers: list[dict | None] = [None] * len(items)
-    for is_pair in (False, True):
-        positions = [i for i, item in enumerate(items) if isinstance(item, (tuple, list)) == is_pair]
-        if positions:
-            group = [tuple(items[i]) if is_pair else items[i] for i in positions]
-            for i, answer in zip(positions, classifier(group)):
-                answers[i] = answer
-    return answers
+def rejection(exc: ValidationError) -> RequestRejected:
+    """The first problem of a refused body, on one line naming the fix, with its status."""
+    first = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(p) for p in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "string_too_long":
+        return RequestRejected(422, f"{where} is longer than {SETTINGS.max_chars} characters, the limit per text "
+                                    "(COMPRESSOR_MAX_CHARS): shorten or split it")
+    if first["type"] == "json_invalid":
+        message = f'the body is not valid JSON ({message}): send {{"texts": [...]}} or {{"pairs": [[a, b], ...]}}'
+    elif first["type"] == "extra_forbidden":
+        message = f'unknown key "{where}": send "texts" or "pairs"'
+    elif first["type"] == "too_long" and len(first["loc"]) == 1:
+        message = f"{where}: {message} (COMPRESSOR_MAX_ITEMS): split the request"
+    elif where:
+        message = f"{where}: {message}"
+    return RequestRejected(400, message)
 
 
-def load_classifier():
-    from runtime import Classifier
-
-    path = os.environ.get("COMPRESSOR_MODEL_DIR", "").strip()
-    if not path:
-        raise ServiceConfigError("COMPRESSOR_MODEL_DIR is not set: point it at an HF classification directory "
-                                 "or a runtime.export directory")
-    return Classifier.load(path, backend=os.environ.get("COMPRESSOR_BACKEND", "auto"),
-                           variant=os.environ.get("COMPRESSOR_VARIANT") or None, batch_size=MAX_BATCH_SIZE)
-
-
-@bentoml.service(workers=1, threads=1, traffic={"timeout": SERVICE_TIMEOUT_S}, runner_connection=NEVER_RECYCLE)
-class TextClassifier:
-    """``POST /classify`` (validated, one request's texts) feeds ``POST /predict`` (batchable: the lists of
-    concurrent requests are concatenated into one model call), plus ``POST /model_info`` and BentoML's
-    /healthz, /readyz, /metrics and OpenAPI (/docs.json)."""
-
-    def __init__(self) -> None:
-        self.classifier = load_classifier()
-        self.info = {**self.classifier.info(),
-                     "batching": {"enabled": BATCHING, "max_batch_size": MAX_BATCH_SIZE,
-                                  "max_latency_ms": MAX_LATENCY_MS, "max_items_per_request": MAX_ITEMS}}
-
-    @bentoml.api(input_spec=ClassifyRequest)
-    async def classify(self, texts: Optional[list[str]] = None,
-                       pairs: Optional[list[tuple[str, str]]] = None) -> list[dict[str, Any]]:
-        """Labels with softmax scores (regression: the score), one per input, in order; ``truncated`` is true
-        for inputs longer than the model's maximum length, which were cut to fit."""
-        mismatch = task_mismatch(self.classifier.is_pair, pairs is not None)
-        if mismatch:
-            return JSONResponse({"error": mismatch}, status_code=422)
-        items = texts if texts is not None else [list(pair) for pair in pairs]
-        # through the service's own client, so the call joins the batching queue of `predict`
-        return await self.to_async.predict(items=items)
-
-    @bentoml.api(input_spec=PredictRequest, batchable=BATCHING, max_batch_size=MAX_BATCH_SIZE,
-                 max_latency_ms=MAX_LATENCY_MS)
-    def predict(self, items: list[Item]) -> list[dict[str, Any]]:
-        """The batchable entry point: texts and [text, text_pair] lists, possibly mixed."""
-        return classify_mixed(self.classifier, items)
-
-    @bentoml.api
-    async def model_info(self) -> dict[str, Any]:
-        """Labels, back end and providers really in use, model hash, maximum length, batching settings."""
-        return self.info
+async def read_body(request, limit: int) -> bytes:
+    """The request body, refused with a 413 as soon as it passes ``limit`` bytes (never read whole)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestRejected(413, f"the body is {int(declared)} bytes, over the {limit} that the largest valid "
+                                   "request needs: send fewer or shorter texts")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestRejected(413, f"the body is over {limit} bytes, more than the largest valid request "
+                                       "needs: send fewer or shorter texts")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def task_mismatch(model_is_pair: bool | None, request_is_pair: bool) -> str | None:
-    """A one-line error when the request's shape contradicts the model's task (unknown task: accept both)."""
+    """A one-line error when the request's shape contradicts the model's input kind (unknown: accept both)."""
     if model_is_pair is None or model_is_pair == request_is_pair:
         return None
     if model_is_pair:
         return 'this model classifies sentence pairs: send {"pairs": [[text, text_pair], ...]}'
     return 'this model classifies single texts: send {"texts": [text, ...]}'
+
+
+class NoInput(bentoml.IODescriptor):
+    """An empty JSON object (or no body), whatever the Content-Type says."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    async def from_http_request(cls, request, serde) -> "NoInput":
+        try:
+            return cls.model_validate_json(await read_body(request, 65_536) or b"{}")
+        except ValidationError as exc:
+            raise rejection(exc) from None
+
+
+class ClassifyInput(bentoml.IODescriptor):
+    """The batch unit of /classify: one request's items (texts, or (text, text_pair) tuples).
+
+    The HTTP body and its published schema are :class:`ClassifyRequest`'s, narrowed to the served model's
+    input kind; the body is parsed once, whatever its Content-Type, and the validated items are handed on
+    without a second validation."""
+
+    items: list[Item]
+    model_is_pair: ClassVar[bool | None] = None  # the served model's input kind, set when it is loaded
+
+    @classmethod
+    async def from_http_request(cls, request, serde) -> "ClassifyInput":
+        try:
+            body = ClassifyRequest.model_validate_json(await read_body(request, MAX_BODY_BYTES) or b"{}")
+        except ValidationError as exc:
+            raise rejection(exc) from None
+        is_pair = body.pairs is not None
+        if mismatch := task_mismatch(cls.model_is_pair, is_pair):
+            raise RequestRejected(422, mismatch)
+        return cls.model_construct(items=[tuple(p) for p in body.pairs] if is_pair else body.texts)
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        schema = ClassifyRequest.model_json_schema(*args, **kwargs)
+        if cls.model_is_pair is not None:
+            key = "pairs" if cls.model_is_pair else "texts"
+            schema["properties"] = {key: schema["properties"][key]}
+            schema["required"] = [key]
+            del schema["oneOf"]
+        return schema
+
+
+class Prediction(TypedDict):
+    label: NotRequired[str]  # absent for regression models
+    score: float
+    truncated: bool
+
+
+def classify_mixed(classifier, items: list[Item]) -> list[dict]:
+    """Classify a batch that may hold texts and pairs from different requests (a model of unknown input
+    kind accepts both), answers in input order."""
+    kinds = {isinstance(item, tuple) for item in items}
+    if len(kinds) < 2:
+        return classifier(items)
+    answers: list[dict | None] = [None] * len(items)
+    for is_pair in (False, True):
+        positions = [i for i, item in enumerate(items) if isinstance(item, tuple) == is_pair]
+        for i, answer in zip(positions, classifier([items[i] for i in positions])):
+            answers[i] = answer
+    return answers
+
+
+def load_classifier(settings: Settings, stored_path: str | None = None):
+    """The classifier of COMPRESSOR_MODEL_DIR, else of the stored model, on this worker's share of cores."""
+    from runtime import Classifier
+    from runtime.backends import Threads
+
+    path = settings.model_dir or stored_path
+    if not path:
+        raise ServiceConfigError("no model to serve: set COMPRESSOR_MODEL_DIR to an HF classification or "
+                                 "runtime.export directory, or store one with `python -m bentos.store DIR`")
+    return Classifier.load(path, backend=settings.backend, variant=settings.variant,
+                           batch_size=settings.max_batch_size,
+                           threads=Threads(intra_op=settings.threads, inter_op=1, spinning=False))
+
+
+@bentoml.service(image=IMAGES[ARGS.device], workers=SETTINGS.workers, threads=1,
+                 traffic={"timeout": SERVICE_TIMEOUT_S}, **({"resources": {"gpu": 1}} if ARGS.device == "gpu" else {}))
+class TextClassifier:
+    """``POST /classify`` (batchable: the items of concurrent requests share model calls), ``POST
+    /model_info``, and BentoML's /healthz, /readyz, /metrics and OpenAPI (/docs.json)."""
+
+    if SETTINGS.model_dir is None:  # serve the stored model (packed into the Bento by `bentoml build`)
+        model_ref = bentoml.models.BentoModel(ARGS.model)
+
+    def __init__(self) -> None:
+        stored = None if SETTINGS.model_dir else self.model_ref.path
+        self.classifier = load_classifier(SETTINGS, stored)
+        ClassifyInput.model_is_pair = self.classifier.is_pair
+        self.info = {**self.classifier.info(), **SETTINGS.public()}
+
+    @bentoml.api(input_spec=ClassifyInput, batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size,
+                 max_latency_ms=SETTINGS.max_latency_ms)
+    def classify(self, items: list[Item]) -> list[Prediction]:
+        """Labels with softmax scores (regression: the score), one per input, in order; ``truncated`` is true
+        for inputs longer than the model's maximum length, which were cut to fit."""
+        return classify_mixed(self.classifier, items)
+
+    @bentoml.api(input_spec=NoInput)
+    async def model_info(self) -> dict[str, Any]:
+        """Labels, input kind, back end and providers really in use, model hash, maximum length, batching,
+        workers and threads."""
+        return self.info
+
+
+TextClassifier.add_asgi_middleware(ContractMiddleware, statuses={"/classify": {
+    413: "a body larger than any valid request",
+    422: "a text longer than COMPRESSOR_MAX_CHARS characters, texts sent to a pair model, or pairs to a "
+         "single-text model",
+    503: "the server is overloaded (the request waited past COMPRESSOR_MAX_LATENCY_MS): retry later",
+}}, body_required=["/classify"])

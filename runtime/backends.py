@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -20,6 +20,25 @@ TENSORRT_EXTRA = "pip install 'ernie-tiny-compressor[tensorrt]' on a machine wit
 
 class BackendUnavailable(RuntimeError):
     """This machine cannot run the requested back end; the message says what to install or change."""
+
+
+@dataclass(frozen=True)
+class Threads:
+    """CPU threads one model may use. ``None`` keeps the library's default (ONNX Runtime and torch: one
+    intra-op thread per core, ORT's idle threads spinning), which suits one model alone on a machine; a server
+    with several workers gives each a share of the cores and turns spinning off, or idle workers' spinning
+    threads steal the cores that busy ones need."""
+
+    intra_op: int | None = None
+    inter_op: int | None = None
+    spinning: bool | None = None
+
+    def ort_config(self) -> dict[str, str]:
+        """``SessionOptions.add_session_config_entry`` entries for the spinning setting."""
+        if self.spinning is None:
+            return {}
+        flag = "1" if self.spinning else "0"
+        return {"session.intra_op.allow_spinning": flag, "session.inter_op.allow_spinning": flag}
 
 
 @runtime_checkable
@@ -42,6 +61,8 @@ class _Backend:
     input_names: list[str]
     run: Callable[[dict[str, np.ndarray]], np.ndarray] = field(repr=False)
     precision: str = "fp32"
+    session: Any = field(default=None, repr=False)
+    """The engine's own session object where it has one (ONNX Runtime's ``InferenceSession``)."""
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         missing = [n for n in self.input_names if n not in inputs and n != "token_type_ids"]
@@ -70,11 +91,21 @@ def gpu_available() -> bool:
     return torch.cuda.is_available()
 
 
-def torch_backend(model_dir_or_model, device: str = "cpu", precision: str = "fp32") -> _Backend:
-    """A PyTorch ``AutoModelForSequenceClassification`` (a directory or an already-built model)."""
-    import torch
+def torch_backend(model_dir_or_model, device: str = "cpu", precision: str = "fp32",
+                  threads: Threads | None = None) -> _Backend:
+    """A PyTorch ``AutoModelForSequenceClassification`` (a directory or an already-built model).
+
+    ``threads.intra_op`` sets ``torch.set_num_threads``, which is process-wide (torch has no per-model pool).
+    """
+    try:
+        import torch
+    except ImportError:
+        raise BackendUnavailable("torch is not installed here (a CPU serving image has none): export the model "
+                                 "with `python -m runtime.export` for onnxruntime, or pip install torch") from None
     from transformers import AutoModelForSequenceClassification
 
+    if threads is not None and threads.intra_op:
+        torch.set_num_threads(threads.intra_op)
     if precision not in _TORCH_DTYPES:
         raise ValueError(f"precision {precision!r} is not one of {sorted(_TORCH_DTYPES)}")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -136,7 +167,7 @@ def onnxruntime_backend(onnx_path, device: str = "cpu", precision: str | None = 
                         tensorrt_ep: bool = False, trt_cache_dir: str | Path | None = None,
                         trt_max_batch: int = 64, trt_max_seq: int = 128,
                         intra_op_threads: int | None = None,
-                        session_config: dict[str, str] | None = None) -> _Backend:
+                        session_config: dict[str, str] | None = None, threads: Threads | None = None) -> _Backend:
     """An ONNX Runtime session: CPUExecutionProvider on CPU, CUDA (optionally TensorRT EP first) on cuda.
 
     ``tensorrt_ep``: TensorRT EP first, with an optimisation profile of batch 1..``trt_max_batch`` and
@@ -145,6 +176,8 @@ def onnxruntime_backend(onnx_path, device: str = "cpu", precision: str | None = 
     the session did not really start it (ORT would otherwise run on the CPU without saying so).
     ``session_config`` entries go to ``SessionOptions.add_session_config_entry`` (e.g. the bench turns
     ``session.intra_op.allow_spinning`` off so idle workers of one model do not slow the other).
+    ``threads`` sets intra-op and inter-op thread counts and spinning (``intra_op_threads`` and
+    ``session_config`` win where both are given).
     """
     import onnxruntime as ort
 
@@ -158,10 +191,13 @@ def onnxruntime_backend(onnx_path, device: str = "cpu", precision: str | None = 
     if lacking:
         fix = TENSORRT_EXTRA if "TensorrtExecutionProvider" in lacking else GPU_EXTRA
         raise BackendUnavailable(f"onnxruntime here lacks {', '.join(lacking)}: {fix}")
+    threads = threads or Threads()
     options = ort.SessionOptions()
-    if intra_op_threads:
-        options.intra_op_num_threads = intra_op_threads
-    for key, value in (session_config or {}).items():
+    if intra_op_threads or threads.intra_op:
+        options.intra_op_num_threads = intra_op_threads or threads.intra_op
+    if threads.inter_op:
+        options.inter_op_num_threads = threads.inter_op
+    for key, value in {**threads.ort_config(), **(session_config or {})}.items():
         options.add_session_config_entry(key, value)
     session = ort.InferenceSession(str(path), options, providers=providers)
     actual = session.get_providers()
@@ -174,7 +210,7 @@ def onnxruntime_backend(onnx_path, device: str = "cpu", precision: str | None = 
     def run(feed: dict[str, np.ndarray]) -> np.ndarray:
         return session.run([output], feed)[0]
 
-    return _Backend("onnxruntime", device, actual, names, run, precision or _onnx_precision(session))
+    return _Backend("onnxruntime", device, actual, names, run, precision or _onnx_precision(session), session)
 
 
 def _onnx_precision(session) -> str:
@@ -183,8 +219,9 @@ def _onnx_precision(session) -> str:
 
 # ------------------------------------------------------------------------------------------ tensorrt
 
-def tensorrt_backend(engine_path, device: str = "cuda") -> _Backend:
-    """A serialised TensorRT engine (built by :mod:`runtime.tensorrt`); needs tensorrt and a CUDA GPU."""
+def tensorrt_backend(engine_path, device: str = "cuda", threads: Threads | None = None) -> _Backend:
+    """A serialised TensorRT engine (built by :mod:`runtime.tensorrt`); needs tensorrt and a CUDA GPU.
+    ``threads`` is accepted for a uniform signature: the engine runs on the GPU."""
     from runtime.tensorrt import load_engine_runner
 
     runner = load_engine_runner(engine_path, device)

@@ -1,8 +1,9 @@
 """`Classifier`: texts (or text pairs) in, labels with scores out, on any back end.
 
 One object for an HF sequence-classification directory or a `runtime.export` directory, so a caller (the
-BentoML service, the benchmark) never cares which engine runs. It batches, truncates to the model's maximum
-length, pads each batch only to its longest member, and reports which texts were truncated.
+BentoML service, the benchmark) never cares which engine runs. It tokenises a call's texts once (the fast
+tokenizer truncates to the model's maximum length, pads and flags what it cut), groups them by length so a
+batch pads little, runs the groups and returns the answers in input order.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from runtime.backends import BACKENDS, Backend, BackendUnavailable, gpu_available
+from runtime.backends import BACKENDS, Backend, BackendUnavailable, Threads, gpu_available
 
 MANIFEST = "manifest.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -28,6 +29,16 @@ AUTO_ORDER = {
     "cpu": (("onnxruntime", "optimized"), ("onnxruntime", "fp32"), ("torch", None)),
 }
 _MAX_SANE_LENGTH = 100_000
+# config.json key saying whether the model reads one text or a pair: written by compressor's label_maps,
+# read (before the GLUE task name) by is_pair_task. HF's own slot for per-task settings, so any
+# from_pretrained(..., task_specific_params=...) call and save_pretrained keep it.
+INPUT_KIND_TASK = "text-classification"
+INPUT_KINDS = {"single": False, "pair": True}
+# length grouping: a longer member joins a group while the padded tokens stay within this factor of the real
+# ones, plus what one more model call costs in tokens (measured on 2 CPU cores, ORT, ERNIE-Tiny shape)
+PADDING_SLACK = 1.25
+CALL_COST_TOKENS = 32
+ENCODE_CHUNK = 1024  # texts tokenised and padded together (bounds the padded arrays of a huge call)
 
 
 class ModelDirError(ValueError):
@@ -78,7 +89,23 @@ def labels_of(config: dict) -> list[str]:
     return [id2label[i] for i in sorted(id2label)]
 
 
+def input_kind(config: dict) -> str | None:
+    """``"single"`` or ``"pair"`` as config.json states it (``task_specific_params["text-classification"]
+    ["input_kind"]``), else None."""
+    params = (config.get("task_specific_params") or {}).get(INPUT_KIND_TASK) or {}
+    kind = params.get("input_kind")
+    if kind is not None and kind not in INPUT_KINDS:
+        raise ModelDirError(f'config.json says input_kind {kind!r}: set task_specific_params["{INPUT_KIND_TASK}"]'
+                            f'["input_kind"] to one of {", ".join(INPUT_KINDS)}')
+    return kind
+
+
 def is_pair_task(config: dict) -> bool | None:
+    """True for a sentence-pair model, False for a single-text one, None when config.json does not say: the
+    explicit input kind first, then a GLUE task name in ``finetuning_task``."""
+    kind = input_kind(config)
+    if kind is not None:
+        return INPUT_KINDS[kind]
     task = (config.get("finetuning_task") or "").lower()
     return True if task in PAIR_TASKS else False if task in SINGLE_TASKS else None
 
@@ -107,31 +134,35 @@ class Classifier:
     path: str
     variant: str | None = None
     batch_size: int = 32
+    threads: Threads = field(default_factory=Threads)
+
+    def __post_init__(self) -> None:
+        self._encoder = _FastEncoder(self.tokenizer, self.max_length, self.path)
 
     @classmethod
     def load(cls, path, backend: str = "auto", device: str | None = None, variant: str | None = None,
-             max_length: int | None = None, batch_size: int = 32) -> "Classifier":
+             max_length: int | None = None, batch_size: int = 32, threads: Threads | None = None) -> "Classifier":
         """Load an HF sequence-classification directory or a `runtime.export` directory.
 
         ``backend="auto"`` picks the fastest back end that really starts here (see ``AUTO_ORDER``); the
-        chosen one is ``self.backend`` and ``info()`` says which providers run.
+        chosen one is ``self.backend`` and ``info()`` says which providers run. ``batch_size`` is the most
+        texts one model call takes; ``threads`` the CPU threads it may use (default: the engine's own).
         """
         from transformers import AutoTokenizer
 
         root = Path(path)
         config = read_model_config(root)
         check_tokenizer(root)
+        threads = threads or Threads()
         devices = [device] if device else ["cuda", "cpu"] if gpu_available() else ["cpu"]
         source = _ExportDir(root) if (root / MANIFEST).is_file() else _HFDir(root)
-        engine, chosen = source.start(backend, devices, variant)
+        engine, chosen = source.start(backend, devices, variant, threads)
         max_length, batch_size = source.limits(chosen, max_length, batch_size)
         tokenizer = AutoTokenizer.from_pretrained(root)
-        # pad() after an unpadded call is deliberate (one tokenisation tells us what was truncated)
-        tokenizer.deprecation_warnings["Asking-to-pad-a-fast-tokenizer"] = True
         labels = labels_of(config)
         return cls(engine, tokenizer, labels, not labels, is_pair_task(config),
                    model_max_length(tokenizer, config, max_length), source.model_hash, str(root), chosen,
-                   batch_size)
+                   batch_size, threads)
 
     def __call__(self, texts: Sequence[str] | Sequence[tuple[str, str]]) -> list[dict]:
         logits, truncated = self._run(texts)
@@ -149,27 +180,81 @@ class Classifier:
         return {"labels": self.labels, "is_regression": self.is_regression, "is_pair": self.is_pair,
                 "backend": self.backend.name, "providers": list(self.backend.providers),
                 "device": self.backend.device, "model_hash": self.model_hash, "max_length": self.max_length,
-                "path": self.path, "variant": self.variant, "batch_size": self.batch_size}
+                "path": self.path, "variant": self.variant, "batch_size": self.batch_size,
+                "threads": {"intra_op": self.threads.intra_op, "inter_op": self.threads.inter_op,
+                            "spinning": self.threads.spinning}}
 
     def encode(self, texts: Sequence[str] | Sequence[tuple[str, str]]) -> tuple[dict[str, np.ndarray], list[bool]]:
-        """Tokenise one batch: pad to its longest member, truncate to ``max_length``, flag truncation."""
-        args = _split_pairs(texts)
-        full = self.tokenizer(*args, truncation=False, padding=False, verbose=False)
-        truncated = [len(ids) > self.max_length for ids in full["input_ids"]]
-        if any(truncated):
-            full = self.tokenizer(*args, truncation=True, max_length=self.max_length, padding=False)
-        batch = self.tokenizer.pad(full, padding="longest", return_tensors="np")
-        return {k: v.astype(np.int64) for k, v in batch.items()}, truncated
+        """Tokenise once: int64 arrays padded to the longest member, truncated to ``max_length``, and which
+        texts were cut."""
+        return self._encoder(list(texts))
 
     def _run(self, texts) -> tuple[np.ndarray, list[bool]]:
         texts = _check_texts(texts)
-        width = max(len(self.labels), 1)
-        outputs, flags = [np.zeros((0, width), np.float32)], []
-        for start in range(0, len(texts), self.batch_size):
-            inputs, truncated = self.encode(texts[start:start + self.batch_size])
-            outputs.append(self.backend(inputs))
+        logits = np.zeros((len(texts), max(len(self.labels), 1)), np.float32)
+        flags: list[bool] = []
+        for start in range(0, len(texts), ENCODE_CHUNK):
+            inputs, truncated = self.encode(texts[start:start + ENCODE_CHUNK])
+            lengths = inputs["attention_mask"].sum(axis=1)
+            order = np.argsort(lengths, kind="stable")
+            for group in length_groups(lengths[order], self.batch_size):
+                rows = order[group]
+                width = int(lengths[rows].max())
+                logits[start + rows] = self.backend(self._encoder.trim({k: v[rows] for k, v in inputs.items()}, width))
             flags += truncated
-        return np.concatenate(outputs), flags
+        return logits, flags
+
+
+def length_groups(sorted_lengths: np.ndarray, max_rows: int, slack: float = PADDING_SLACK,
+                  call_cost: int = CALL_COST_TOKENS) -> list[slice]:
+    """Cut ascending lengths into consecutive groups of at most ``max_rows``: a member joins while the group
+    padded to it stays within ``slack`` times its real tokens plus ``call_cost`` (what a separate call costs),
+    so one long text does not pad a batch of short ones and short texts still share a call."""
+    groups, start, real = [], 0, 0
+    for i, length in enumerate(sorted_lengths.tolist()):
+        rows = i - start + 1
+        if rows > max_rows or (rows > 1 and length * rows > slack * (real + length) + call_cost):
+            groups.append(slice(start, i))
+            start, real = i, 0
+        real += length
+    if len(sorted_lengths):
+        groups.append(slice(start, len(sorted_lengths)))
+    return groups
+
+
+class _FastEncoder:
+    """One tokenisation per call with the fast (Rust) tokenizer: it truncates as HF's ``truncation=True``
+    does (longest first, special tokens kept), pads to the longest member and keeps what it cut in
+    ``overflowing``, so truncation is known without tokenising twice. A copy, so the HF tokenizer's own
+    settings stay untouched."""
+
+    def __init__(self, tokenizer, max_length: int, where: str):
+        if not getattr(tokenizer, "is_fast", False):
+            raise ModelDirError(f"{where} has no fast tokenizer: save one beside the model "
+                                "(AutoTokenizer.from_pretrained(DIR, use_fast=True).save_pretrained(DIR))")
+        if tokenizer.pad_token is None:
+            raise ModelDirError(f"{where}: the tokenizer has no pad token: set tokenizer.pad_token and save it")
+        from tokenizers import Tokenizer
+
+        self.rust = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        self.rust.enable_truncation(max_length, strategy="longest_first", direction=tokenizer.truncation_side)
+        self.rust.enable_padding(direction=tokenizer.padding_side, pad_id=tokenizer.pad_token_id,
+                                 pad_type_id=tokenizer.pad_token_type_id, pad_token=tokenizer.pad_token)
+        self.left_padded = tokenizer.padding_side == "left"
+        # offsets are not needed: the fast variant skips computing them (tokenizers >= 0.21)
+        self.encode_batch = getattr(self.rust, "encode_batch_fast", self.rust.encode_batch)
+
+    def __call__(self, texts: list) -> tuple[dict[str, np.ndarray], list[bool]]:
+        encodings = self.encode_batch(texts) if texts else []
+        width = len(encodings[0].ids) if encodings else 0
+        arrays = {name: np.array([getattr(e, attr) for e in encodings], dtype=np.int64).reshape(len(texts), width)
+                  for name, attr in (("input_ids", "ids"), ("attention_mask", "attention_mask"),
+                                     ("token_type_ids", "type_ids"))}
+        return arrays, [bool(e.overflowing) for e in encodings]
+
+    def trim(self, inputs: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
+        """Cut a group's padding down to its own longest member."""
+        return {k: v[:, -width:] if self.left_padded else v[:, :width] for k, v in inputs.items()}
 
 
 def _check_texts(texts) -> list:
@@ -188,12 +273,6 @@ def _check_texts(texts) -> list:
     return items
 
 
-def _split_pairs(texts: list) -> tuple:
-    if texts and isinstance(texts[0], tuple):
-        return [a for a, _ in texts], [b for _, b in texts]
-    return (texts,)
-
-
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
@@ -209,14 +288,15 @@ class _HFDir:
     def limits(self, variant: str | None, max_length: int | None, batch_size: int) -> tuple[int | None, int]:
         return max_length, batch_size
 
-    def start(self, backend: str, devices: list[str], variant: str | None) -> tuple[Backend, str | None]:
+    def start(self, backend: str, devices: list[str], variant: str | None,
+              threads: Threads | None = None) -> tuple[Backend, str | None]:
         if backend not in ("auto", "torch"):
             _check_backend_name(backend)
             raise ModelDirError(f"{self.root} is an HF model directory: the {backend} back end needs an export "
                                 f"directory, run `python -m runtime.export {self.root} --out EXPORT_DIR`")
         if variant is not None:
             raise ModelDirError(f"variant={variant!r} applies to export directories; {self.root} is an HF directory")
-        return BACKENDS["torch"](self.root, device=devices[0]), None
+        return BACKENDS["torch"](self.root, device=devices[0], threads=threads), None
 
 
 class _ExportDir:
@@ -235,7 +315,8 @@ class _ExportDir:
             return max_length, batch_size
         return min(max_length or profile["max_seq"], profile["max_seq"]), min(batch_size, profile["max_batch"])
 
-    def start(self, backend: str, devices: list[str], variant: str | None) -> tuple[Backend, str | None]:
+    def start(self, backend: str, devices: list[str], variant: str | None,
+              threads: Threads | None = None) -> tuple[Backend, str | None]:
         """Try each (back end, variant) for each device in turn (a GPU first when none was named)."""
         _check_backend_name(backend)
         candidates = [(name, var, device) for device in devices
@@ -245,7 +326,7 @@ class _ExportDir:
             try:
                 if variant is None:  # chosen for the caller: only what passed parity at export
                     self._check_parity(var)
-                return self._open(name, var, device), var
+                return self._open(name, var, device, threads), var
             except (BackendUnavailable, ModelDirError) as err:
                 if len(candidates) == 1:
                     raise
@@ -262,14 +343,14 @@ class _ExportDir:
             raise BackendUnavailable(f"the {variant} variant's parity did not pass at export ({status or 'not recorded'}"
                                      f"), so it is not chosen automatically: pass variant={variant!r} to use it anyway")
 
-    def _open(self, name: str, variant: str | None, device: str) -> Backend:
+    def _open(self, name: str, variant: str | None, device: str, threads: Threads | None = None) -> Backend:
         if name == "torch":
             raise ModelDirError(f"{self.root} is an export directory without PyTorch weights: load the source "
                                 f"model directory ({self.manifest['source']['path']}) for the torch back end")
         if variant not in self.variants:
             raise ModelDirError(f"{self.root} has no {variant} variant (has {sorted(self.variants)}): re-export "
                                 f"with the matching flag (--fp16, --int8, --tensorrt)")
-        return BACKENDS[name](self.root / self.variants[variant], device=device)
+        return BACKENDS[name](self.root / self.variants[variant], device=device, threads=threads)
 
 
 def _candidates(backend: str, variant: str | None, kind: str) -> list[tuple[str, str | None]]:

@@ -36,11 +36,16 @@ def test_shipped_recipes_parse(name, corpus_file, glue_dir, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", no_network)
     overrides = {"general.files": [str(corpus_file)], "task.glue_dir": str(glue_dir)} if name == "demo" else {}
     recipe = load_recipe(CONFIGS / f"{name}.yaml", overrides)
-    assert [s.name for s in recipe.stages] == ["gd", "ged", "tad", "tsd"]
-    assert [(s.teacher, s.data) for s in recipe.stages] == [
-        ("pretrained", "general"), ("finetuned", "general"), ("finetuned", "task"), ("finetuned", "task")]
+    # the demo's student is cut from its fine-tuned teacher, so it skips GD (the pretrained teacher's stage)
+    stages = ["ged", "tad", "tsd"] if name == "demo" else ["gd", "ged", "tad", "tsd"]
+    assert [s.name for s in recipe.stages] == stages
+    assert [(s.teacher, s.data) for s in recipe.stages][-3:] == [
+        ("finetuned", "general"), ("finetuned", "task"), ("finetuned", "task")]
     assert {"soft", "hard"} <= set(recipe.stages[-1].losses)
-    assert not {"soft", "hard"} & set(recipe.stages[2].losses)
+    assert not {"soft", "hard"} & set(recipe.stages[-2].losses)
+    if name == "demo":
+        assert recipe.student.init == "pruned" and recipe.augment.transfer.source == "general"
+        assert [s.augment for s in recipe.stages] == [False, True, True]
     assert (recipe.student.num_hidden_layers, recipe.student.hidden_size, recipe.student.intermediate_size,
             recipe.student.num_attention_heads) == (4, 312, 1200, 12)
     if name != "demo":
@@ -54,10 +59,10 @@ def test_demo_teacher_resolves_to_the_installed_minilm(tmp_path, demo, minilm_di
 
 
 def test_overrides_reach_stages_by_name_and_parse_yaml_values(tmp_path, demo):
-    recipe = load_recipe(_write(tmp_path, demo), ["--stages.tsd.epochs", "3", "--stages.gd.learning_rate=1e-3",
+    recipe = load_recipe(_write(tmp_path, demo), ["--stages.tsd.epochs", "3", "--stages.ged.learning_rate=1e-3",
                                                  "--task.max_train_samples", "null", "--seed", "7"])
     assert recipe.stage("tsd").epochs == 3.0
-    assert recipe.stage("gd").learning_rate == pytest.approx(1e-3)
+    assert recipe.stage("ged").learning_rate == pytest.approx(1e-3)
     assert recipe.task.max_train_samples is None
     assert recipe.seed == 7
 
@@ -79,8 +84,8 @@ def test_overrides_reach_stages_by_name_and_parse_yaml_values(tmp_path, demo):
     (lambda d: d["stages"][0]["losses"].update(cosine=1.0), "unknown loss 'cosine'"),
     (lambda d: d["stages"][0]["losses"].update(hard=1.0), "soft/hard-label losses need task data"),
     (lambda d: d["stages"][0].update(max_steps=-1), "set max_steps"),
-    (lambda d: d["stages"][1].update(name="gd"), "appears twice"),
-    (lambda d: d["stages"][3].update(epochs="three"), "stages[3].epochs must be a number"),
+    (lambda d: d["stages"][1].update(name="ged"), "appears twice"),
+    (lambda d: d["stages"][2].update(epochs="three"), "stages[2].epochs must be a number"),
     (lambda d: d["student"].update(hidden_size=310), "must be divisible by num_attention_heads"),
     (lambda d: d["student"].update(init="checkpoint"), "student.checkpoint is empty"),
     (lambda d: d.update(stages=[]), "has no stages"),

@@ -8,7 +8,9 @@ import sys
 from transformers import AutoModelForSequenceClassification
 
 from compressor.config import FinetuneConfig, TaskConfig
-from compressor.finetune import finetune_teacher
+from compressor.finetune import finetune_teacher, label_maps
+from compressor.tasks import GLUE_TASKS
+from runtime.classifier import is_pair_task
 
 
 def test_finetune_writes_a_labelled_classifier_and_is_reused(tmp_path, tiny_bert_dir, glue_dir):
@@ -18,6 +20,8 @@ def test_finetune_writes_a_labelled_classifier_and_is_reused(tmp_path, tiny_bert
     assert set(metrics) >= {"matthews_correlation", "accuracy"}
     model = AutoModelForSequenceClassification.from_pretrained(path)
     assert model.config.id2label == {0: "unacceptable", 1: "acceptable"}
+    saved = json.loads((tmp_path / "teacher" / "config.json").read_text())
+    assert saved["finetuning_task"] == "cola" and is_pair_task(saved) is False
     assert json.loads((tmp_path / "teacher" / "dev_metrics.json").read_text()) == metrics
     assert not (tmp_path / "teacher" / "checkpoints").exists()
     mtime = (tmp_path / "teacher" / "model.safetensors").stat().st_mtime
@@ -32,3 +36,17 @@ def test_finetune_cli_bad_input_is_one_line(tmp_path, tiny_bert_dir):
     assert out.returncode == 2
     assert out.stderr.strip().startswith("error: ") and len(out.stderr.strip().splitlines()) == 1
     assert "train.tsv" in out.stderr
+
+
+def test_label_maps_write_the_input_kind_that_runtime_reads():
+    """Every GLUE task's kind survives a config round trip; a custom pair task (a name runtime does not
+    know) is still read as a pair task."""
+    from transformers import BertConfig
+
+    from compressor.tasks import Task
+
+    custom_pair = Task("custom", "", ("question", "answer"), "label", ("no", "yes"), "accuracy")
+    for task in [*GLUE_TASKS.values(), custom_pair]:
+        config = BertConfig(**label_maps(task)).to_dict()
+        assert is_pair_task(config) is task.is_pair, task.name
+        assert config["finetuning_task"] == task.name

@@ -290,8 +290,8 @@ def install(monkeypatch, module):
 
     real_backend = backends.tensorrt_backend
 
-    def host_backend(engine_path, device="cuda"):
-        return real_backend(engine_path, device="cpu")
+    def host_backend(engine_path, device="cuda", **kwargs):
+        return real_backend(engine_path, device="cpu", **kwargs)
 
     monkeypatch.setattr(backends, "tensorrt_backend", host_backend)
     monkeypatch.setitem(backends.BACKENDS, "tensorrt", host_backend)

@@ -185,3 +185,74 @@ def test_fp16_export_is_verified_on_cuda_and_served_first(tiny_bert_dir, tmp_pat
     assert manifest["parity"]["fp16"]["device"] == "cuda" and manifest["parity"]["fp16"]["status"] == "passed"
     clf = Classifier.load(tmp_path / "out")
     assert clf.variant == "fp16" and "CUDAExecutionProvider" in clf.info()["providers"]
+
+
+def test_one_tokenisation_matches_hf_and_flags_truncation(tiny_bert_dir, sst2_dev):
+    """The fast path gives HF's own ids for texts and pairs (longest-first truncation), and flags exactly the
+    inputs that HF's untruncated tokenisation finds longer than max_length."""
+    from transformers import AutoTokenizer
+
+    texts, _, _ = parity_sentences(sst2_dev, 40)
+    pairs = list(zip(texts[:20], texts[20:]))
+    hf = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    clf = Classifier.load(tiny_bert_dir, device="cpu", max_length=40)
+    flags = []
+    for batch, args in ((texts, (texts,)), (pairs, ([a for a, _ in pairs], [b for _, b in pairs]))):
+        inputs, truncated = clf.encode(batch)
+        expected = hf(*args, truncation=True, max_length=40, padding="longest", return_tensors="np")
+        for key in ("input_ids", "attention_mask", "token_type_ids"):
+            np.testing.assert_array_equal(inputs[key], expected[key])
+        full_lengths = [len(ids) for ids in hf(*args)["input_ids"]]
+        assert truncated == [n > 40 for n in full_lengths]
+        flags += truncated
+    assert 0 < sum(flags) < len(flags)
+
+
+def test_length_groups_keep_order_and_answers(tiny_bert_dir, sst2_dev):
+    """Grouped by length, answers come back in input order and equal one-text-at-a-time answers."""
+    from runtime.classifier import length_groups
+
+    texts, _, _ = parity_sentences(sst2_dev, 48)
+    texts = texts + ["word " * 300]  # one long text must not pad the short ones' calls
+    clf = Classifier.load(tiny_bert_dir, device="cpu", batch_size=16)
+    calls = []
+    run = clf.backend.run
+    clf.backend.run = lambda feed: calls.append(feed["input_ids"].shape) or run(feed)
+    grouped = clf.logits(texts)
+    alone = np.concatenate([clf.logits([t]) for t in texts])
+    np.testing.assert_allclose(grouped, alone, atol=1e-5)
+    grouped_calls = calls[:len(calls) - len(texts)]
+    assert all(rows <= 16 for rows, _ in grouped_calls)
+    assert sum(rows * width for rows, width in grouped_calls) < 1.5 * sum(width for _, width in calls[-len(texts):])
+    assert [(g.start, g.stop) for g in length_groups(np.array([5, 5, 6, 6, 100]), 3)] == [(0, 3), (3, 4), (4, 5)]
+
+
+def test_input_kind_key_wins_over_the_task_name(tmp_path, tiny_bert_dir):
+    from runtime.classifier import is_pair_task
+
+    def kind(value):
+        return {"task_specific_params": {"text-classification": {"input_kind": value}}}
+
+    assert is_pair_task({**kind("pair"), "finetuning_task": "sst2"}) is True
+    assert is_pair_task({**kind("single"), "finetuning_task": "mrpc"}) is False
+    assert is_pair_task({"finetuning_task": "mrpc"}) is True and is_pair_task({}) is None
+    with pytest.raises(ModelDirError, match="one of single, pair"):
+        is_pair_task(kind("triple"))
+    config = json.loads((tiny_bert_dir / "config.json").read_text())
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_bert_dir / name, tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, **kind("pair")}))
+    assert Classifier.load(tmp_path, device="cpu").is_pair is True
+
+
+def test_thread_settings_reach_the_onnxruntime_session(tiny_export):
+    from runtime.backends import Threads
+
+    clf = Classifier.load(tiny_export, device="cpu", threads=Threads(intra_op=1, inter_op=1, spinning=False))
+    options = clf.backend.session.get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    assert clf.info()["threads"] == {"intra_op": 1, "inter_op": 1, "spinning": False}
+    default = Classifier.load(tiny_export, device="cpu").backend.session.get_session_options()
+    assert default.intra_op_num_threads == 0  # ORT's own choice: one per core

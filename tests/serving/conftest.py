@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-# one torch thread: on 2 shared cores, two intra-op threads competing with the load client run ~10x slower
-SERVER_ENV = {"OMP_NUM_THREADS": "1"}
+# one worker with one thread starts fastest; on shared cores more threads only wait for each other
+SERVER_ENV = {"COMPRESSOR_WORKERS": "1", "COMPRESSOR_THREADS": "1"}
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +57,8 @@ def server_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def tiny_server(serve_load, tiny_dir, tmp_path_factory):
-    """The service on the tiny random BERT, small per-request limit so 'too many items' is cheap to send."""
-    with serve_load.bento_server(tiny_dir, env={**SERVER_ENV, "COMPRESSOR_MAX_ITEMS": "16"},
+    """The service on the tiny random BERT (input kind unknown: texts and pairs both accepted), two workers
+    as on a 2-core machine, small per-request limit so 'too many items' is cheap to send."""
+    with serve_load.bento_server(tiny_dir, env={**SERVER_ENV, "COMPRESSOR_WORKERS": "2", "COMPRESSOR_MAX_ITEMS": "16"},
                                  log_dir=tmp_path_factory.mktemp("serve_tiny")) as server:
         yield server

@@ -58,6 +58,8 @@ BAD_BODIES = {
     "pair of three": b'{"pairs": [["a", "b", "c"]]}',
     "pair with a number": b'{"pairs": [["a", 1]]}',
     "texts and pairs": b'{"texts": ["a"], "pairs": [["a", "b"]]}',
+    "null texts": b'{"texts": null}',
+    "empty body": b"",
     "unknown key": b'{"text": ["a film"]}',
     "too many items": json.dumps({"texts": ["a film"] * 17}).encode(),
     "not UTF-8": b'{"texts": ["\xff\xfe"]}',
@@ -67,21 +69,26 @@ BAD_BODIES = {
 @pytest.mark.parametrize("name", list(BAD_BODIES))
 def test_bad_input_is_a_clear_4xx(tiny_server, name):
     response = post(tiny_server, "/classify", BAD_BODIES[name])
-    assert 400 <= response.status_code < 500, (name, response.status_code, response.text)
-    assert response.json()["error"]
+    assert response.status_code == 400, (name, response.status_code, response.text)
+    body = response.json()
+    assert set(body) == {"error"} and body["error"] and "\n" not in body["error"]
 
 
 @pytest.mark.parametrize("content_type", ["multipart/form-data", "application/x-www-form-urlencoded", "text/plain"])
 def test_unparsable_bodies_of_other_types_are_4xx(tiny_server, content_type):
-    response = httpx.post(f"{tiny_server.url}/classify", content=b"garbage=1&x", timeout=60,
-                          headers={"Content-Type": content_type})
-    assert 400 <= response.status_code < 500, response.text
+    for path in ("/classify", "/model_info"):
+        response = httpx.post(f"{tiny_server.url}{path}", content=b"garbage=1&x", timeout=60,
+                              headers={"Content-Type": content_type})
+        assert response.status_code == 400 and "not valid JSON" in response.json()["error"], response.text
 
 
-def test_batchable_endpoint_validates_too(tiny_server):
-    assert post(tiny_server, "/predict", {"items": ["fine", ""]}).status_code == 400
-    mixed = post(tiny_server, "/predict", {"items": ["a fine film", ["a film", "a movie"]]})
-    assert mixed.status_code == 200 and len(mixed.json()) == 2
+def test_bentoml_own_errors_keep_the_error_shape(tiny_server):
+    """Errors BentoML raises itself (a pickle body, a wrong method) come back as {"error": one line} too."""
+    pickled = httpx.post(f"{tiny_server.url}/classify", content=b"x", timeout=60,
+                         headers={"Content-Type": "application/vnd.bentoml+pickle"})
+    assert pickled.status_code == 415 and set(pickled.json()) == {"error"}
+    wrong_method = httpx.get(f"{tiny_server.url}/classify", timeout=60)
+    assert wrong_method.status_code == 405 and wrong_method.json() == {"error": "Method Not Allowed"}
 
 
 def test_model_info_says_what_runs(tiny_server, tiny_classifier):
@@ -90,7 +97,8 @@ def test_model_info_says_what_runs(tiny_server, tiny_classifier):
     assert info["backend"] == "torch" and info["providers"] == ["torch:cpu"]
     assert info["model_hash"] == tiny_classifier.model_hash
     assert info["max_length"] == tiny_classifier.max_length
-    assert info["batching"]["max_items_per_request"] == 16
+    assert info["batching"]["max_items_per_request"] == 16 and info["batching"]["max_chars_per_text"] == 10_000
+    assert info["is_pair"] is None and info["workers"] == 2 and info["threads_per_worker"] == 1
 
 
 def test_health_metrics_and_openapi(tiny_server):
@@ -99,7 +107,11 @@ def test_health_metrics_and_openapi(tiny_server):
     metrics = httpx.get(f"{tiny_server.url}/metrics", timeout=10)
     assert metrics.status_code == 200 and "bentoml_service_request_total" in metrics.text
     openapi = httpx.get(f"{tiny_server.url}/docs.json", timeout=10).json()
-    assert {"/classify", "/predict", "/model_info"} <= set(openapi["paths"])
+    assert {"/classify", "/model_info"} <= set(openapi["paths"]) and "/predict" not in openapi["paths"]
+    responses = openapi["paths"]["/classify"]["post"]["responses"]
+    assert {"200", "400", "413", "422", "503"} <= set(responses)
+    request = openapi["paths"]["/classify"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(request["properties"]) == {"texts", "pairs"} and len(request["oneOf"]) == 2  # unknown kind
 
 
 def test_200_concurrent_requests_all_succeed_and_batch(tiny_server, tiny_classifier, sst2_sentences, serve_load):
@@ -160,5 +172,29 @@ def test_export_directory_served_on_onnxruntime(serve_load, server_env, tiny_dir
         answers = post(server, "/classify", {"texts": texts}).json()
         info = post(server, "/model_info", {}).json()
     assert info["backend"] == "onnxruntime" and "CPUExecutionProvider" in info["providers"]
+    assert info["threads"] == {"intra_op": 1, "inter_op": 1, "spinning": False}  # what the session was given
     assert info["model_hash"] == tiny_classifier.model_hash
     assert [a["label"] for a in answers] == [e["label"] for e in tiny_classifier(texts)]
+
+
+def test_model_from_the_store_is_served(serve_load, server_env, tiny_dir, tiny_classifier, tmp_path):
+    """`python -m bentos.store` puts a model into BentoML's store; without COMPRESSOR_MODEL_DIR the service
+    serves the store's latest version (what `bentoml build` packs into a Bento)."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "bentoml_home"
+    stored = subprocess.run([sys.executable, "-m", "bentos.store", str(tiny_dir)], capture_output=True, text=True,
+                            env={**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"},
+                            cwd=serve_load.REPO, timeout=300)
+    assert stored.returncode == 0, stored.stderr
+    tag = stored.stdout.strip().splitlines()[-1]
+    assert tag.startswith("ernie-tiny-classifier:")
+    with serve_load.bento_server(None, env=server_env, log_dir=tmp_path) as server:
+        info = post(server, "/model_info", {}).json()
+    assert info["model_hash"] == tiny_classifier.model_hash
+    assert info["path"].startswith(str(home / "models" / "ernie-tiny-classifier"))
+    bad = subprocess.run([sys.executable, "-m", "bentos.store", str(tmp_path / "nope")], capture_output=True,
+                         text=True, env={**os.environ, "BENTOML_HOME": str(home)}, cwd=serve_load.REPO, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1

@@ -1,0 +1,126 @@
+"""Serving settings: the environment, read once when ``bentoml serve`` imports the service (in every process).
+
+=============================  ==========  =====================================================================
+variable                       default     meaning
+=============================  ==========  =====================================================================
+COMPRESSOR_MODEL_DIR           (unset)     serve this HF or ``runtime.export`` directory instead of the model
+                                           store's (or the Bento's) model
+COMPRESSOR_BACKEND             auto        ``runtime.Classifier.load(backend=...)``
+COMPRESSOR_VARIANT             (best)      export variant: fp32, optimized, fp16, int8
+COMPRESSOR_MAX_ITEMS           64          most texts (or pairs) one request may carry
+COMPRESSOR_MAX_CHARS           10000       most characters in one text; longer ones are refused with a 413
+COMPRESSOR_BATCHING            1           0 turns adaptive batching off (each request runs alone)
+COMPRESSOR_MAX_BATCH_SIZE      64          most texts in one model call
+COMPRESSOR_MAX_LATENCY_MS      10000       BentoML's latency budget: queued requests past it get a 503
+COMPRESSOR_WORKERS             auto        server processes: one per available core (1 with a GPU)
+COMPRESSOR_THREADS             auto        intra-op threads per process: the cores divided among the workers
+=============================  ==========  =====================================================================
+
+Each worker's model runs one batch at a time on its share of the cores with ONNX Runtime's spinning off, so
+idle workers leave the cores to busy ones; ``available_cpus`` honours the process's CPU affinity and a cgroup
+CPU quota (a container's ``--cpus``).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+FLAGS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+class ServiceConfigError(ValueError):
+    """The serving environment is misconfigured; the message names the variable to fix."""
+
+
+def env_int(name: str, default: int, minimum: int, env: Mapping[str, str] = os.environ) -> int:
+    raw = env.get(name, "").strip()
+    if not raw or raw == "auto":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ServiceConfigError(f"{name}={raw!r} is not an integer: set it to a whole number >= {minimum}") from None
+    if value < minimum:
+        raise ServiceConfigError(f"{name}={value} is below {minimum}: set it to a whole number >= {minimum}")
+    return value
+
+
+def env_flag(name: str, default: bool, env: Mapping[str, str] = os.environ) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in FLAGS:
+        raise ServiceConfigError(f"{name}={raw!r} is not a flag: set it to 1 or 0")
+    return FLAGS[raw]
+
+
+def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 (``cpu.max``) or v1 CPU quota."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = None
+    try:
+        limit, period = (cgroup_root / "cpu.max").read_text().split()[:2]
+        quota = None if limit == "max" else int(limit) / int(period)
+    except (OSError, ValueError):
+        try:
+            limit = int((cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text())
+            period = int((cgroup_root / "cpu" / "cpu.cfs_period_us").read_text())
+            quota = limit / period if limit > 0 and period > 0 else None
+        except (OSError, ValueError):
+            pass
+    if quota:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
+
+
+def on_gpu(backend: str, driver: Path = Path("/proc/driver/nvidia/version")) -> bool:
+    """Whether the model will run on a GPU: asked for (tensorrt), or an NVIDIA driver is loaded (then
+    ``runtime.Classifier`` prefers the GPU). Read from the driver, not torch: importing torch in the process
+    manager would cost seconds per start, and a CPU image has no torch."""
+    return backend == "tensorrt" or (backend != "torch" and driver.exists())
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_dir: str | None
+    backend: str
+    variant: str | None
+    max_items: int
+    max_chars: int
+    batching: bool
+    max_batch_size: int
+    max_latency_ms: int
+    workers: int
+    threads: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ, cpus: int | None = None,
+                 gpu: bool | None = None) -> "Settings":
+        backend = env.get("COMPRESSOR_BACKEND", "").strip() or "auto"
+        cpus = cpus or available_cpus()
+        gpu = on_gpu(backend) if gpu is None else gpu
+        # a GPU serves best from one process that batches; on CPUs one process per core keeps every core
+        # busy with model work while the others parse HTTP
+        workers = env_int("COMPRESSOR_WORKERS", 1 if gpu else cpus, 1, env)
+        return cls(
+            model_dir=env.get("COMPRESSOR_MODEL_DIR", "").strip() or None,
+            backend=backend,
+            variant=env.get("COMPRESSOR_VARIANT", "").strip() or None,
+            max_items=env_int("COMPRESSOR_MAX_ITEMS", 64, 1, env),
+            max_chars=env_int("COMPRESSOR_MAX_CHARS", 10_000, 1, env),
+            batching=env_flag("COMPRESSOR_BATCHING", True, env),
+            max_batch_size=env_int("COMPRESSOR_MAX_BATCH_SIZE", 64, 2, env),
+            max_latency_ms=env_int("COMPRESSOR_MAX_LATENCY_MS", 10_000, 1, env),
+            workers=workers,
+            threads=env_int("COMPRESSOR_THREADS", max(1, cpus // workers), 1, env),
+        )
+
+    def public(self) -> dict:
+        """What /model_info reports."""
+        return {"batching": {"enabled": self.batching, "max_batch_size": self.max_batch_size,
+                             "max_latency_ms": self.max_latency_ms, "max_items_per_request": self.max_items,
+                             "max_chars_per_text": self.max_chars},
+                "workers": self.workers, "threads_per_worker": self.threads}
