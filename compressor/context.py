@@ -20,6 +20,7 @@ from compressor import augment
 from compressor.config import Recipe, StageConfig
 from compressor.data import general_corpus, load_task_data, task_spec, tokenize_task
 from compressor.finetune import finetune_teacher
+from compressor.fingerprint import augment_fingerprint
 from compressor.metrics import evaluate
 from compressor.preflight import DistillError
 from compressor.runstate import AFTER_TEACHER, TEACHER_DIR
@@ -84,7 +85,7 @@ class RunContext:
         if max_seq_length not in self._augmented:
             with self.state.main_process_first():
                 rows = augment.build(self.recipe.augment, self.task_data["train"], self.task, self.recipe.general,
-                                     self.recipe.seed, self.out / AUGMENT_DIR)
+                                     self.recipe.seed, self.out / AUGMENT_DIR, key=augment_fingerprint(self.recipe))
                 tokenized = tokenize_task(datasets.DatasetDict(train=rows.remove_columns(augment.SOURCE_COLUMN)),
                                           self.tokenizer, max_seq_length)["train"]
             self._augmented[max_seq_length] = (tokenized, augment.sizes(rows))

@@ -12,7 +12,9 @@ unchanged, so every input is named here, once:
 * the student's shape and initialisation (a checkpoint student by content; a pruned one by its
   ``prune_from`` and ``prune`` settings);
 * the general corpus (files by content, or the hub dataset's id, config, split and column; ``max_blocks``);
-* the recipe's ``augment`` block, for stages that train on it; the seed;
+* for stages that train on augmented rows (``augment: true``, or after one that did): the recipe's ``augment``
+  block and the augmented set's own fingerprint (:func:`augment_fingerprint`, also its cache folder's name);
+* the seed;
 * every earlier stage: a stage's inputs contain its predecessors', so the fingerprints form a chain rooted
   at the run's start (the pruned start when ``student.init: pruned``) and a changed stage invalidates every
   stage after it.
@@ -182,6 +184,19 @@ def augment_identity(recipe: Recipe) -> dict[str, Any]:
     return out
 
 
+def augment_inputs(recipe: Recipe) -> dict[str, Any]:
+    """What the augmented set (compressor/augment.py) is generated from: the ``augment`` block, the task's
+    training rows (its data by content and its slice), the general corpus (transfer sentences) and the seed."""
+    return flatten({"augment": augment_identity(recipe), "task": task_identity(recipe.task),
+                    "general": corpus_identity(recipe.general), "seed": recipe.seed})
+
+
+def augment_fingerprint(recipe: Recipe) -> str:
+    """The augmented set's fingerprint: the name of its cache folder, and an input of every stage that trains on
+    it (so the cache and the stages agree, and neither depends on where the data lies)."""
+    return fingerprint(augment_inputs(recipe))
+
+
 def run_inputs(recipe: Recipe) -> dict[str, Any]:
     """What every result of the run shares: task, teachers, student, corpus, seed. The pruned start depends on
     exactly these (its calibration data is the task's or the corpus's), so they are its inputs."""
@@ -198,7 +213,7 @@ def stage_inputs(recipe: Recipe, index: int) -> dict[str, Any]:
                                         for s in stages},
                              "order": [s.name for s in stages]}
     if any(s.augment for s in stages):
-        parts["augment"] = augment_identity(recipe)
+        parts["augment"] = {**augment_identity(recipe), "data": augment_fingerprint(recipe)}
     return {**run_inputs(recipe), **flatten(parts)}
 
 
