@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                           TrainingArguments)
 from transformers.trainer_utils import get_last_checkpoint
@@ -59,7 +60,9 @@ def finetune_teacher(pretrained: str, task_cfg: TaskConfig, ft: FinetuneConfig, 
     train = data["train"]
     if ft.max_train_samples is not None and ft.max_train_samples < len(train):
         train = train.shuffle(seed=seed).select(range(ft.max_train_samples))
-    # a pretrained dir may already carry a head for other labels: it is replaced by the task's
+    # a pretrained dir may already carry a head for other labels: it is replaced by the task's, initialised
+    # from the seed (the Trainer seeds only after the model exists), so a rerun makes the same teacher
+    transformers.set_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(pretrained, ignore_mismatched_sizes=True,
                                                                **label_maps(task))
 
