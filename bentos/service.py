@@ -216,7 +216,8 @@ def load_classifier(settings: Settings, stored_path: str | None = None):
 
 
 @bentoml.service(image=IMAGES[ARGS.device], workers=SETTINGS.workers, threads=1,
-                 traffic={"timeout": SERVICE_TIMEOUT_S}, **({"resources": {"gpu": 1}} if ARGS.device == "gpu" else {}))
+                 traffic={"timeout": SERVICE_TIMEOUT_S}, logging={"access": {"enabled": SETTINGS.access_log}},
+                 **({"resources": {"gpu": 1}} if ARGS.device == "gpu" else {}))
 class TextClassifier:
     """``POST /classify`` (batchable: the items of concurrent requests share model calls), ``POST
     /model_info``, and BentoML's /healthz, /readyz, /metrics and OpenAPI (/docs.json)."""

@@ -8,12 +8,14 @@ COMPRESSOR_MODEL_DIR           (unset)     serve this HF or ``runtime.export`` d
 COMPRESSOR_BACKEND             auto        ``runtime.Classifier.load(backend=...)``
 COMPRESSOR_VARIANT             (best)      export variant: fp32, optimized, fp16, int8
 COMPRESSOR_MAX_ITEMS           64          most texts (or pairs) one request may carry
-COMPRESSOR_MAX_CHARS           10000       most characters in one text; longer ones are refused with a 413
+COMPRESSOR_MAX_CHARS           10000       most characters in one text; longer ones are refused with a 422
 COMPRESSOR_BATCHING            1           0 turns adaptive batching off (each request runs alone)
 COMPRESSOR_MAX_BATCH_SIZE      64          most texts in one model call
 COMPRESSOR_MAX_LATENCY_MS      10000       BentoML's latency budget: queued requests past it get a 503
 COMPRESSOR_WORKERS             auto        server processes: one per available core (1 with a GPU)
 COMPRESSOR_THREADS             auto        intra-op threads per process: the cores divided among the workers
+COMPRESSOR_ACCESS_LOG          1           0 turns BentoML's per-request access log line off (a few % of CPU per
+                                           request on small machines; errors are still logged)
 =============================  ==========  =====================================================================
 
 Each worker's model runs one batch at a time on its share of the cores with ONNX Runtime's spinning off, so
@@ -95,6 +97,7 @@ class Settings:
     max_latency_ms: int
     workers: int
     threads: int
+    access_log: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, cpus: int | None = None,
@@ -116,6 +119,7 @@ class Settings:
             max_latency_ms=env_int("COMPRESSOR_MAX_LATENCY_MS", 10_000, 1, env),
             workers=workers,
             threads=env_int("COMPRESSOR_THREADS", max(1, cpus // workers), 1, env),
+            access_log=env_flag("COMPRESSOR_ACCESS_LOG", True, env),
         )
 
     def public(self) -> dict:

@@ -48,6 +48,8 @@ class FinetuneConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_train_samples: int | None = None
+    group_by_length: bool = False
+    """Batch rows of similar length together (``TrainingArguments.group_by_length``): less padding, same data."""
 
 
 @dataclass
@@ -187,6 +189,9 @@ class StageConfig:
     weight_decay: float = 0.01
     augment: bool = False
     """Task stages: also train on the recipe's ``augment`` data (transfer rows get no hard-label loss)."""
+    group_by_length: bool = False
+    """Task stages: batch rows of similar length together (``TrainingArguments.group_by_length``): the same rows
+    and epochs with far less padding; short-sentence tasks mixed with long transfer sentences train 2-3x faster."""
 
 
 @dataclass
@@ -328,7 +333,7 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
                 raise ConfigError(f"override --{dotted}: {'.'.join(parts[:depth])} is not a mapping")
         if isinstance(node, list):
             raise ConfigError(f"override --{dotted}: address a stage by name, e.g. --stages.tsd.epochs 3")
-        node[parts[-1]] = value
+        node[parts[-1]] = copy.deepcopy(value)  # never share a mutable value between recipes
     return data
 
 
@@ -498,6 +503,9 @@ def validate(recipe: Recipe) -> None:
                               f"list text files or name a hub dataset (e.g. general.dataset: wikimedia/wikipedia)")
         if st.temperature <= 0:
             raise ConfigError(f"{where}: temperature must be positive")
+        if st.group_by_length and st.data != "task":
+            raise ConfigError(f"{where}: group_by_length needs task data (data: task); general-corpus blocks are all "
+                              f"max_seq_length long: remove it")
         if st.augment and st.data != "task":
             raise ConfigError(f"{where}: augment: true needs task data (data: task); the general corpus is not augmented")
         if st.augment and not (recipe.augment and (recipe.augment.transfer or recipe.augment.mlm)):

@@ -25,6 +25,7 @@ from compressor.data import DataError, load_task_data, task_spec, tokenize_task
 from compressor.io import read_json, write_json_atomic
 from compressor.metrics import trainer_metrics
 from compressor.runstate import CHECKPOINTS, Status, StaleError, teacher_result
+from compressor.trainer import logging_dir_arguments, warmup_arguments
 from compressor.tasks import GLUE_TASKS, Task
 
 log = logging.getLogger(__name__)
@@ -70,9 +71,10 @@ def finetune_teacher(pretrained: str, task_cfg: TaskConfig, ft: FinetuneConfig, 
     args = TrainingArguments(
         output_dir=str(ckpt_dir), num_train_epochs=ft.epochs, max_steps=ft.max_steps,
         learning_rate=ft.learning_rate, per_device_train_batch_size=ft.batch_size,
-        per_device_eval_batch_size=max(64, ft.batch_size), warmup_ratio=ft.warmup_ratio,
+        per_device_eval_batch_size=max(64, ft.batch_size), **warmup_arguments(ft.warmup_ratio),
+        group_by_length=ft.group_by_length,
         weight_decay=ft.weight_decay, lr_scheduler_type="linear", eval_strategy="no", save_strategy="steps",
-        save_steps=200, save_total_limit=1, logging_steps=50, logging_dir=str(output_dir / "logs"),
+        save_steps=200, save_total_limit=1, logging_steps=50, **logging_dir_arguments(output_dir / "logs"),
         report_to=report_to if report_to is not None else ["tensorboard"], seed=seed,
         fp16=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),  # CPU torchrun: a gloo group
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),

@@ -122,7 +122,8 @@ def _init_checkpoint(cfg: StudentConfig, teacher, task: Task) -> BertForSequence
     found = AutoConfig.from_pretrained(cfg.checkpoint)
     check_checkpoint(cfg, found, teacher.config)
     if labels_match(found, task) and "ForSequenceClassification" in "".join(found.architectures or []):
-        return AutoModelForSequenceClassification.from_pretrained(cfg.checkpoint)
+        # same labels: the head is kept, the task name and input kind (single/pair) become this task's
+        return AutoModelForSequenceClassification.from_pretrained(cfg.checkpoint, **label_maps(task))
     student = AutoModelForSequenceClassification.from_pretrained(cfg.checkpoint, ignore_mismatched_sizes=True,
                                                                  **label_maps(task))
     student._init_weights(student.classifier)

@@ -141,6 +141,15 @@ def warmup_arguments(ratio: float) -> dict[str, float]:
     return {"warmup_steps": ratio}
 
 
+def logging_dir_arguments(path: str | Path) -> dict[str, str]:
+    """TensorBoard's folder as TrainingArguments keywords: ``logging_dir`` up to transformers 4.x; 5.x reads it
+    from the environment."""
+    if "logging_dir" in TrainingArguments.__dataclass_fields__:
+        return {"logging_dir": str(path)}
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(path)
+    return {}
+
+
 def distill_arguments(output_dir: str | Path, stage: StageConfig, recipe: Recipe, **overrides: Any) -> TrainingArguments:
     """One stage's schedule as TrainingArguments: warm-up + linear decay, step checkpoints, TensorBoard logs."""
     kwargs: dict[str, Any] = dict(
@@ -148,15 +157,14 @@ def distill_arguments(output_dir: str | Path, stage: StageConfig, recipe: Recipe
         learning_rate=stage.learning_rate, per_device_train_batch_size=stage.batch_size,
         **warmup_arguments(stage.warmup_ratio), weight_decay=stage.weight_decay, lr_scheduler_type="linear",
         eval_strategy="no", save_strategy="steps", save_steps=recipe.save_steps, save_total_limit=1,
-        logging_steps=recipe.logging_steps, logging_dir=str(Path(output_dir) / "logs"), report_to=["tensorboard"],
+        logging_steps=recipe.logging_steps, **logging_dir_arguments(Path(output_dir) / "logs"), report_to=["tensorboard"],
         seed=recipe.seed, remove_unused_columns=False, dataloader_num_workers=0,
+        group_by_length=stage.group_by_length and stage.data == "task",
         ddp_find_unused_parameters=True, save_safetensors=True, dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(), **mixed_precision(recipe),
     )
     kwargs.update(overrides)
     fields = TrainingArguments.__dataclass_fields__
-    if "logging_dir" not in fields:  # transformers 5: TensorBoard reads its folder from the environment
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(kwargs.pop("logging_dir"))
     if "save_safetensors" not in fields:  # transformers 5 always saves safetensors
         kwargs.pop("save_safetensors")
     return TrainingArguments(**kwargs)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from compressor.config import ConfigError, load_recipe, parse_overrides
+from compressor.config import ConfigError, apply_overrides, load_recipe, parse_overrides
 
 CONFIGS = Path(__file__).resolve().parents[2] / "compressor" / "configs"
 
@@ -84,6 +84,7 @@ def test_overrides_reach_stages_by_name_and_parse_yaml_values(tmp_path, demo):
     (lambda d: d["stages"][0]["losses"].update(cosine=1.0), "unknown loss 'cosine'"),
     (lambda d: d["stages"][0]["losses"].update(hard=1.0), "soft/hard-label losses need task data"),
     (lambda d: d["stages"][0].update(max_steps=-1), "set max_steps"),
+    (lambda d: d["stages"][0].update(group_by_length=True), "group_by_length needs task data"),
     (lambda d: d["stages"][1].update(name="ged"), "appears twice"),
     (lambda d: d["stages"][2].update(epochs="three"), "stages[2].epochs must be a number"),
     (lambda d: d["student"].update(hidden_size=310), "must be divisible by num_attention_heads"),
@@ -202,3 +203,12 @@ def test_shipped_scales_and_variants_compose_with_the_paper_recipes(task, glue_d
             start = {"student.checkpoint": str(tiny_bert_dir)} if variant.stem in "cde" else {}
             recipe = load_recipe([*layers, variant], {**data, **start})
             assert recipe.stages and recipe.task.name == task
+
+
+def test_overrides_never_share_a_value_between_recipes():
+    """A settings dict applied to two recipes, then a dotted key on one of them, leaves the other alone."""
+    shared = {"teacher.finetune": {"epochs": 1}}
+    first = apply_overrides({"teacher": {}}, shared)
+    second = apply_overrides({"teacher": {}}, {**shared, "teacher.finetune.epochs": 3})
+    assert first["teacher"]["finetune"]["epochs"] == 1 and second["teacher"]["finetune"]["epochs"] == 3
+    assert shared["teacher.finetune"] == {"epochs": 1}

@@ -228,3 +228,24 @@ def test_teacher_computes_attention_maps_only_for_mapped_layers_and_they_equal_e
     for mine, theirs in zip(out.hidden_states, ref.hidden_states):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
     assert len(sdpa_calls) == 4  # the four unmapped layers kept the fused kernel
+
+
+def test_group_by_length_reaches_the_sampler_of_task_stages_only(tmp_path):
+    """``group_by_length: true`` on a task stage batches rows of similar length (transformers' LengthGroupedSampler):
+    the batches of one epoch hold the same rows as without it, with less padding."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from compressor.trainer import distill_arguments
+
+    rng = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 60, (256,), generator=rng).tolist()
+    data = Dataset.from_dict({"input_ids": [[1] * n for n in lengths]})
+    grouped = distill_arguments(tmp_path / "a", StageConfig(name="tad", group_by_length=True, batch_size=32), Recipe())
+    plain = distill_arguments(tmp_path / "b", StageConfig(name="tad", batch_size=32), Recipe())
+    assert grouped.group_by_length and not plain.group_by_length
+    order = list(LengthGroupedSampler(32, dataset=data, lengths=lengths, generator=torch.Generator().manual_seed(1)))
+    assert sorted(order) == list(range(256))
+    padded = sum(max(lengths[i] for i in order[b:b + 32]) * 32 for b in range(0, 256, 32))
+    shuffled = torch.randperm(256, generator=torch.Generator().manual_seed(1)).tolist()
+    padded_random = sum(max(lengths[i] for i in shuffled[b:b + 32]) * 32 for b in range(0, 256, 32))
+    assert padded < 0.8 * padded_random

@@ -117,3 +117,11 @@ def test_mixed_batches_keep_order(tiny_dir):
     assert mixed[0] == classifier(["a fine film", "dull"])[0] and mixed[2] == classifier(["a fine film", "dull"])[1]
     assert mixed[1] == classifier([("a film", "a movie"), ("x", "y")])[0]
     assert service.classify_mixed(classifier, ["dull"]) == classifier(["dull"])
+
+
+def test_access_log_setting_reaches_bentoml():
+    assert settings.Settings.from_env({}, cpus=2, gpu=False).access_log is True
+    assert settings.Settings.from_env({"COMPRESSOR_ACCESS_LOG": "0"}, cpus=2, gpu=False).access_log is False
+    with pytest.raises(settings.ServiceConfigError, match="COMPRESSOR_ACCESS_LOG"):
+        settings.Settings.from_env({"COMPRESSOR_ACCESS_LOG": "sometimes"}, cpus=2, gpu=False)
+    assert service.TextClassifier.config["logging"]["access"]["enabled"] is service.SETTINGS.access_log
