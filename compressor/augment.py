@@ -16,7 +16,8 @@ outputs only (latent and soft-label losses); the hard-label loss skips them. Onl
 a transfer file are read.
 
 The augmented set is generated once per (task data, recipe ``augment`` block, corpus, seed), saved with
-``datasets``' ``save_to_disk`` under a fingerprinted folder and loaded from there afterwards.
+``datasets``' ``save_to_disk`` under a fingerprinted folder (written under a temporary name, then renamed)
+and loaded from there afterwards.
 """
 from __future__ import annotations
 
@@ -191,9 +192,10 @@ def mlm_copies(cfg: MLMConfig, examples: list[tuple[str, ...]], seed: int) -> li
 
 
 def fingerprint(cfg: AugmentConfig, task_train: datasets.Dataset, general: GeneralDataConfig, seed: int) -> str:
-    """What the augmented set depends on: the recipe's ``augment`` block, the task's training rows (datasets'
-    own fingerprint of the loaded, sliced, normalised split), the general corpus (files by name and size, or
-    the hub dataset's name) and the seed."""
+    """A cache key for callers without a recipe: the ``augment`` block, the task's training rows (datasets' own
+    fingerprint of the loaded split), the general corpus (files by name and size, or the hub dataset's name) and
+    the seed. A distillation run passes ``key`` to :func:`build` instead: the content-based
+    :func:`compressor.fingerprint.augment_fingerprint` that its augmented stages' fingerprints also hold."""
     corpus = {"files": [(Path(f).name, Path(f).stat().st_size) for f in general.files if Path(f).is_file()],
               "dataset": [general.dataset, general.dataset_config, general.split, general.text_column]}
     blob = json.dumps({"augment": dataclasses.asdict(cfg), "task": task_train._fingerprint, "rows": len(task_train),
@@ -202,10 +204,10 @@ def fingerprint(cfg: AugmentConfig, task_train: datasets.Dataset, general: Gener
 
 
 def build(cfg: AugmentConfig, task_train: datasets.Dataset, task: Task, general: GeneralDataConfig, seed: int,
-          cache_dir: str | Path) -> datasets.Dataset:
+          cache_dir: str | Path, key: str | None = None) -> datasets.Dataset:
     """The augmented rows (columns text_a, [text_b,] label, source), generated once and cached under
-    ``cache_dir/augment-<fingerprint>``; a later call with the same inputs loads them from there."""
-    folder = Path(cache_dir) / f"augment-{fingerprint(cfg, task_train, general, seed)}"
+    ``cache_dir/augment-<key>`` (default: :func:`fingerprint`); a later call with the same key loads them."""
+    folder = Path(cache_dir) / f"augment-{key or fingerprint(cfg, task_train, general, seed)}"
     if (folder / "dataset_info.json").is_file():
         log.info("augmented data: reusing %s", folder)
         return datasets.load_from_disk(str(folder))

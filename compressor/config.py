@@ -1,8 +1,12 @@
-"""Recipes as data: a YAML file (plus ``--dotted.key value`` overrides) becomes typed dataclasses.
+"""Recipes as data: a YAML file (plus YAML overlays and ``--dotted.key value`` overrides) becomes typed dataclasses.
 
 A recipe names the teachers, the student's shape and initialisation, the task, the general corpus and
 an ordered list of stages. A stage is only (teacher, data, losses with weights, schedule); the trainer
 knows nothing of stage names, so users can add, drop or reorder stages freely.
+
+Recipes compose (torchtune/torchdistill style): ``load_recipe([base.yaml, overlay.yaml, ...], overrides)``
+reads the first file as the recipe and lays each overlay over it (:func:`merge_recipe`), then the dotted
+overrides; ``compressor/configs/scales/`` and ``compressor/configs/variants/`` are overlays of this kind.
 
 Every mistake a user can make in a recipe (unknown key, wrong type, unknown loss, missing file) raises
 :class:`ConfigError` with one line that names the fix, before any work starts.
@@ -13,6 +17,7 @@ import copy
 import dataclasses
 import importlib.util
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -332,6 +337,78 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return data
 
 
+# --------------------------------------------------------------------------- overlays
+
+
+def _section_type(tp: Any) -> type | None:
+    """The dataclass behind a field's annotation (``X`` or ``X | None``), else None."""
+    if get_origin(tp) is not None and type(None) in get_args(tp):
+        (tp,) = [a for a in get_args(tp) if a is not type(None)]
+    return tp if dataclasses.is_dataclass(tp) else None
+
+
+def merge_recipe(base: dict[str, Any], overlay: dict[str, Any], source: str = "overlay") -> dict[str, Any]:
+    """``overlay`` laid over ``base`` (raw dicts), guided by the recipe's schema.
+
+    Sections (``task``, ``teacher.finetune``, ``student.prune``, ``augment.transfer``...) merge key by key;
+    values (numbers, strings, lists, a stage's ``losses`` table) are replaced whole, so an overlay saying
+    ``losses: {hard: 1.0}`` means exactly that. ``stages`` takes two forms:
+
+    * a mapping by stage name, ``stages: {tsd: {epochs: 3}}``, changes those stages and keeps the list (the
+      YAML twin of ``--stages.tsd.epochs 3``);
+    * a list, ``stages: [{name: ged}, {name: tsd}]``, is the new stage list (membership and order), each entry
+      merged over the earlier recipe's stage of the same name, or of the stage named by ``from:`` (a new
+      stage that starts as a copy of that one).
+
+    A stage name the earlier recipe lacks (without ``from:``) and unknown keys are one line naming the file.
+    """
+    return _merge(Recipe, base, overlay, "", source)
+
+
+def _merge(cls: type, base: dict[str, Any], overlay: dict[str, Any], where: str, source: str) -> dict[str, Any]:
+    if not isinstance(overlay, dict):
+        raise ConfigError(f"{where.rstrip('.') or 'the overlay'} must be a mapping in {source}, got {overlay!r}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if key not in names:
+            raise ConfigError(f"unknown key '{where}{key}' in {source}; valid keys here: {', '.join(names)}")
+        section = _section_type(hints[key])
+        if cls is Recipe and key == "stages":
+            out[key] = _merge_stages(base.get("stages") or [], value, source)
+        elif section is not None and value is not None:
+            out[key] = _merge(section, base.get(key) if isinstance(base.get(key), dict) else {}, value,
+                              f"{where}{key}.", source)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _merge_stages(before: list[Any], overlay: Any, source: str) -> list[dict[str, Any]]:
+    by_name = {s["name"]: s for s in before if isinstance(s, dict) and "name" in s}
+
+    def merged(origin: str, entry: dict[str, Any], where: str) -> dict[str, Any]:
+        if origin not in by_name:
+            raise ConfigError(f"{source}: stage {origin!r} is not in the recipe it overlays (stages: "
+                              f"{', '.join(by_name) or 'none'}); define it there, or copy one with from: <stage>")
+        return _merge(StageConfig, by_name[origin], entry, where, source)
+
+    if isinstance(overlay, dict):  # patch stages by name, keep the list
+        for name, entry in overlay.items():
+            by_name[name] = merged(name, entry, f"stages.{name}.")
+        return [by_name.get(s.get("name"), s) if isinstance(s, dict) else s for s in before]
+    if not isinstance(overlay, list):
+        raise ConfigError(f"{source}: stages must be a list of stages or a mapping by stage name, got {overlay!r}")
+    out = []
+    for i, entry in enumerate(overlay):
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ConfigError(f"{source}: stages[{i}] needs a name (the stage it keeps, or a new one with from: <stage>)")
+        entry = dict(entry)
+        out.append(merged(entry.pop("from", entry["name"]), entry, f"stages[{i}]."))
+    return out
+
+
 # --------------------------------------------------------------------------- loading + validation
 
 
@@ -494,7 +571,8 @@ def _validate_augment(recipe: Recipe) -> None:
             raise ConfigError("augment.mlm needs copies >= 1, top_k >= 1 and 0 < p <= 1")
 
 
-def load_recipe(path: str | os.PathLike, overrides: list[str] | dict[str, Any] | None = None) -> Recipe:
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """One recipe or overlay file as a mapping; a missing file or bad YAML is one line."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe {path} does not exist; see compressor/configs/ for examples")
@@ -502,8 +580,32 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | dict[str, Any] |
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a YAML mapping with keys task, teacher, student, general, stages")
+    return data
+
+
+Layer = str | os.PathLike | Mapping[str, Any]
+
+
+def compose(*layers: Layer) -> dict[str, Any]:
+    """The raw recipe dict: the first layer is a recipe file, each later one an overlay file (merged with
+    :func:`merge_recipe`) or a mapping of dotted overrides (``{"stages.tsd.epochs": 3}``), applied in order."""
+    if not layers or isinstance(layers[0], Mapping):
+        raise ConfigError("compose needs a recipe file first (e.g. compressor/configs/sst2.yaml)")
+    data = read_yaml(layers[0])
+    for layer in layers[1:]:
+        if isinstance(layer, Mapping):
+            data = apply_overrides(data, copy.deepcopy(dict(layer)))
+        else:
+            data = merge_recipe(data, read_yaml(layer), str(layer))
+    return data
+
+
+def load_recipe(path: str | os.PathLike | list[str | os.PathLike],
+                overrides: list[str] | dict[str, Any] | None = None) -> Recipe:
+    """A recipe file, or a list of them (the recipe, then overlays in order), then ``overrides``, validated."""
+    paths = list(path) if isinstance(path, (list, tuple)) else [path]
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
-    if overrides:
-        data = apply_overrides(data, overrides)
-    return recipe_from_dict(data)
+    return recipe_from_dict(compose(*paths, overrides or {}))

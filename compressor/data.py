@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m compressor.data",
                                 description="Pack a recipe's general corpus once, ahead of training.")
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", required=True, action="append", help="recipe, then overlays (as compressor.distill)")
     args, overrides = p.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -3,6 +3,8 @@
 The output directory is a standard HF sequence-classification model (with ``id2label``) plus
 ``dev_metrics.json``; that file is written last, so its presence means "finished" and a rerun returns the
 finished teacher instead of training again. An interrupted run resumes from its last Trainer checkpoint.
+Both only when the teacher's inputs (pretrained model, task data, settings, seed) are the ones recorded in
+its ``fingerprint.json``; otherwise one line says what changed (see compressor/runstate.py).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import sys
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                           TrainingArguments)
 from transformers.trainer_utils import get_last_checkpoint
@@ -21,6 +24,7 @@ from compressor.config import ConfigError, FinetuneConfig, TaskConfig, resolve_m
 from compressor.data import DataError, load_task_data, task_spec, tokenize_task
 from ernie_common.io import read_json, write_json_atomic
 from compressor.metrics import trainer_metrics
+from compressor.runstate import CHECKPOINTS, Status, StaleError, teacher_result
 from compressor.trainer import logging_dir_arguments, warmup_arguments
 from compressor.tasks import GLUE_TASKS, Task
 
@@ -42,24 +46,28 @@ def label_maps(task: Task) -> dict:
 
 
 def finetune_teacher(pretrained: str, task_cfg: TaskConfig, ft: FinetuneConfig, output_dir: str | Path,
-                     seed: int = 42, report_to: list[str] | None = None) -> tuple[str, dict[str, float]]:
-    """Fine-tune ``pretrained`` on the task; returns (output_dir, dev metrics). Reuses a finished run."""
+                     seed: int = 42, report_to: list[str] | None = None, fix: str = "") -> tuple[str, dict[str, float]]:
+    """Fine-tune ``pretrained`` on the task; returns (output_dir, dev metrics). Reuses a finished run and resumes
+    an interrupted one when their inputs are unchanged; raises :class:`StaleError` when they changed."""
     output_dir = Path(output_dir)
-    if (output_dir / METRICS_FILE).is_file():
+    pretrained = resolve_model_path(pretrained)
+    result = teacher_result(pretrained, task_cfg, ft, seed, output_dir, fix)
+    if result.status() is Status.FINISHED:
         log.info("fine-tuned teacher already in %s", output_dir)
         return str(output_dir), read_json(output_dir / METRICS_FILE)
-    pretrained = resolve_model_path(pretrained)
     task = task_spec(task_cfg)
     tokenizer = AutoTokenizer.from_pretrained(pretrained)
     data = tokenize_task(load_task_data(task_cfg), tokenizer, ft.max_seq_length)
     train = data["train"]
     if ft.max_train_samples is not None and ft.max_train_samples < len(train):
         train = train.shuffle(seed=seed).select(range(ft.max_train_samples))
-    # a pretrained dir may already carry a head for other labels: it is replaced by the task's
+    # a pretrained dir may already carry a head for other labels: it is replaced by the task's, initialised
+    # from the seed (the Trainer seeds only after the model exists), so a rerun makes the same teacher
+    transformers.set_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(pretrained, ignore_mismatched_sizes=True,
                                                                **label_maps(task))
 
-    ckpt_dir = output_dir / "checkpoints"
+    ckpt_dir = output_dir / CHECKPOINTS
     args = TrainingArguments(
         output_dir=str(ckpt_dir), num_train_epochs=ft.epochs, max_steps=ft.max_steps,
         learning_rate=ft.learning_rate, per_device_train_batch_size=ft.batch_size,
@@ -71,6 +79,8 @@ def finetune_teacher(pretrained: str, task_cfg: TaskConfig, ft: FinetuneConfig, 
         fp16=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),  # CPU torchrun: a gloo group
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
     )
+    if args.process_index == 0:  # before any checkpoint: a killed fine-tuning is checked against it
+        result.record()
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=data["validation"],
                       processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
                       compute_metrics=trainer_metrics(task))
@@ -111,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                         max_seq_length=a.max_seq_length, warmup_ratio=a.warmup_ratio, weight_decay=a.weight_decay)
     try:
         path, metrics = finetune_teacher(a.model, task_cfg, ft, a.output_dir, seed=a.seed)
-    except (ConfigError, DataError, OSError) as exc:
+    except (ConfigError, DataError, StaleError, OSError) as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     print(f"teacher: {path}  dev: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))

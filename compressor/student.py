@@ -87,14 +87,27 @@ def _init_random(cfg: StudentConfig, teacher, task: Task) -> BertForSequenceClas
     return BertForSequenceClassification(student_config(cfg, teacher.config, task))
 
 
-def _init_teacher_layers(cfg: StudentConfig, teacher, task: Task) -> BertForSequenceClassification:
-    tc = teacher.config
+def check_teacher_layers(cfg: StudentConfig, teacher_config) -> None:
+    """``init: teacher_layers`` copies whole layers: the student needs the teacher's widths and at most its depth."""
+    tc = teacher_config
     for key in ("hidden_size", "intermediate_size", "num_attention_heads"):
         if getattr(cfg, key) != getattr(tc, key):
             raise StudentError(f"student.init teacher_layers needs the teacher's widths: student.{key} is "
                                f"{getattr(cfg, key)} but the teacher's is {getattr(tc, key)}; use init: random")
     if cfg.num_hidden_layers > tc.num_hidden_layers:
         raise StudentError(f"student.num_hidden_layers {cfg.num_hidden_layers} exceeds the teacher's {tc.num_hidden_layers}")
+
+
+def check_checkpoint(cfg: StudentConfig, checkpoint_config, teacher_config) -> None:
+    """A checkpoint student reads the teacher's token ids: it must have the teacher's vocabulary."""
+    if checkpoint_config.vocab_size != teacher_config.vocab_size:
+        raise StudentError(f"student.checkpoint {cfg.checkpoint} has vocabulary {checkpoint_config.vocab_size} but the "
+                           f"teacher's is {teacher_config.vocab_size}; the student must share the teacher's tokenizer")
+
+
+def _init_teacher_layers(cfg: StudentConfig, teacher, task: Task) -> BertForSequenceClassification:
+    tc = teacher.config
+    check_teacher_layers(cfg, tc)
     student = _init_random(cfg, teacher, task)
     src, dst = teacher.base_model, student.bert
     dst.embeddings.load_state_dict(src.embeddings.state_dict())
@@ -107,9 +120,7 @@ def _init_teacher_layers(cfg: StudentConfig, teacher, task: Task) -> BertForSequ
 
 def _init_checkpoint(cfg: StudentConfig, teacher, task: Task) -> BertForSequenceClassification:
     found = AutoConfig.from_pretrained(cfg.checkpoint)
-    if found.vocab_size != teacher.config.vocab_size:
-        raise StudentError(f"student.checkpoint {cfg.checkpoint} has vocabulary {found.vocab_size} but the teacher's "
-                           f"is {teacher.config.vocab_size}; the student must share the teacher's tokenizer")
+    check_checkpoint(cfg, found, teacher.config)
     if labels_match(found, task) and "ForSequenceClassification" in "".join(found.architectures or []):
         # same labels: the head is kept, the task name and input kind (single/pair) become this task's
         return AutoModelForSequenceClassification.from_pretrained(cfg.checkpoint, **label_maps(task))

@@ -66,6 +66,49 @@ def test_table_has_teacher_and_five_students_with_measured_numbers(tiny_run, rep
     assert published.startswith("# Results\n\n") and published.endswith("<!-- reproduce:tiny:end -->\n\nNotes.\n")
 
 
+def _untrained_stages(out: Path) -> list[str]:
+    """``task/variant/stage`` of every stage whose student left it with exactly the weights it started from (the
+    previous stage's, the pruned start's or the GD checkpoint's): a stage that trained nothing."""
+    from safetensors.torch import load_file
+
+    def same(a: Path, b: Path) -> bool:
+        x, y = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+        return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+    import torch
+
+    untrained = []
+    for run in sorted((out / "runs").glob("*/*")):
+        recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+        init = recipe["student"]["init"]
+        start = run / "pruned" if init == "pruned" else Path(recipe["student"]["checkpoint"]) if init == "checkpoint" else None
+        for stage in recipe["stages"]:
+            folder = run / stage["name"]
+            if start is not None and same(start, folder):
+                untrained.append(f"{run.parent.name}/{run.name}/{stage['name']}")
+            start = folder
+    return untrained
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_every_stage_of_every_row_trained_its_student(tiny_run):
+    out, _ = tiny_run
+    assert _untrained_stages(out) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_planted_zero_learning_rate_fails_the_reproduction_check(reproduce, tmp_path, tiny_bert_dir, glue_dir,
+                                                                  corpus_file, monkeypatch):
+    """The check above can fail: with TSD's learning rate planted at zero, (c)'s TSD is found untrained."""
+    monkeypatch.setattr(reproduce, "measure_speed", lambda *a, **k: {"error": "not measured in this test"})
+    assert reproduce.main(["--scale", "tiny", "--teacher", str(tiny_bert_dir), "--tasks", "sst2", "--variants", "c",
+                           "--output-dir", str(tmp_path), "--glue-dir", str(glue_dir), "--corpus", str(corpus_file),
+                           "--stages.tsd.learning_rate", "0"]) == 0
+    assert _untrained_stages(tmp_path) == ["sst2/c/tsd"]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_students_get_their_stages_and_share_gd_and_ged(tiny_run):
@@ -108,6 +151,29 @@ def test_students_get_their_stages_and_share_gd_and_ged(tiny_run):
     assert results["runs"]["sst2"]["d"]["reused_stages"] == []
     assert (runs / "e" / "ged" / "stage.json").read_text() == (runs / "d" / "ged" / "stage.json").read_text()
     assert reports["e"]["stages"][1]["teacher_path"] == teacher
+
+
+SNAPSHOT = Path(__file__).with_name("reproduce_recipes.json")
+
+
+def test_the_overlays_compose_exactly_the_recipes_the_old_reproduce_built(reproduce):
+    """Every (scale, task, variant) recipe and the shared GD recipe, composed from compressor/configs/ overlays, equals
+    the dict the old in-Python config system built (reproduce_recipes.json, dumped from it), so tables measured with
+    it stay reproducible."""
+    snapshot = json.loads(SNAPSHOT.read_text())["recipes"]
+    assert len(snapshot) == 3 * 4 * 9 + 9  # scales x tasks x (a-h and GD), and one run with command-line overrides
+    for key, old in snapshot.items():
+        scale, task, variant = key.split("/")
+        overrides = {}
+        if variant.endswith("+overrides"):
+            variant = variant.removesuffix("+overrides")
+            overrides = reproduce.parse_overrides(["--stages.tsd.epochs", "3", "--stages.gd.max_steps", "7", "--seed", "5"])
+        plan = reproduce.Plan(reproduce.SCALES[scale], [task], [], Path("<out>"), "<teacher>", overrides,
+                              glue_dir="<glue>", corpus="<corpus>")
+        v = reproduce.GD if variant == "gd" else reproduce.VARIANTS[variant]
+        new = reproduce.compose_recipe(plan.scale, task, v, plan.settings, str(plan.out / "teachers" / task),
+                                       str(plan.out / "gd" / reproduce.GD_STAGE))
+        assert new == old, key
 
 
 @pytest.mark.parametrize("args, expected", [

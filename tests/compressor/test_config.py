@@ -122,6 +122,89 @@ def test_parse_overrides_types():
     assert parse_overrides(["--a.b", "[x, y]", "--c=true", "--d", "0.5"]) == {"a.b": ["x", "y"], "c": True, "d": 0.5}
 
 
+# --------------------------------------------------------------------------- overlays
+
+BASE = {
+    "task": {"name": "sst2", "max_train_samples": 100},
+    "teacher": {"pretrained": "bert-base-uncased", "finetune": {"epochs": 3, "learning_rate": 2e-5}},
+    "general": {"dataset": "wikimedia/wikipedia", "dataset_config": "20231101.en"},
+    "stages": [
+        {"name": "gd", "teacher": "pretrained", "data": "general", "losses": {"hidden": 1.0, "attention": 1.0},
+         "max_steps": 10},
+        {"name": "tad", "losses": {"hidden": 1.0}, "epochs": 2},
+        {"name": "tsd", "losses": {"hidden": 1.0, "soft": 1.0, "hard": 1.0}, "epochs": 3, "learning_rate": 3e-5},
+    ],
+}
+
+
+def _files(tmp_path: Path, *docs: dict) -> list[Path]:
+    paths = []
+    for i, doc in enumerate(docs):
+        paths.append(tmp_path / f"layer{i}.yaml")
+        paths[-1].write_text(yaml.safe_dump(doc))
+    return paths
+
+
+def test_an_overlay_merges_sections_key_by_key_and_replaces_values(tmp_path):
+    overlay = {"task": {"max_train_samples": 5}, "teacher": {"finetune": {"epochs": 1}},
+               "general": {"files": [], "max_blocks": 7}, "stages": {"tsd": {"epochs": 1, "losses": {"hard": 1.0}}}}
+    recipe = load_recipe(_files(tmp_path, BASE, overlay))
+    assert (recipe.task.name, recipe.task.max_train_samples) == ("sst2", 5)
+    assert (recipe.teacher.finetune.epochs, recipe.teacher.finetune.learning_rate) == (1.0, 2e-5)
+    assert (recipe.general.dataset, recipe.general.max_blocks) == ("wikimedia/wikipedia", 7)
+    assert [s.name for s in recipe.stages] == ["gd", "tad", "tsd"]  # a mapping by name keeps the list
+    assert recipe.stage("tsd").losses == {"hard": 1.0}  # a losses table is one value: replaced, not merged
+    assert (recipe.stage("tsd").epochs, recipe.stage("tsd").learning_rate) == (1.0, 3e-5)
+
+
+def test_a_stage_list_in_an_overlay_is_the_new_list_with_each_stage_inherited_by_name(tmp_path):
+    overlay = {"stages": [{"name": "tsd", "learning_rate": 1e-4}, {"name": "direct", "from": "tsd", "losses": {"hard": 1.0}}]}
+    recipe = load_recipe(_files(tmp_path, BASE, overlay), ["--stages.direct.epochs", "5"])
+    assert [s.name for s in recipe.stages] == ["tsd", "direct"]
+    tsd, direct = recipe.stages
+    assert (tsd.epochs, tsd.learning_rate, tsd.losses) == (3.0, 1e-4, {"hidden": 1.0, "soft": 1.0, "hard": 1.0})
+    assert (direct.epochs, direct.learning_rate, direct.losses) == (5.0, 3e-5, {"hard": 1.0})  # a copy of the base tsd
+
+
+def test_overlays_apply_in_order_and_the_composed_dict_is_plain_data(tmp_path):
+    from compressor.config import compose
+
+    first, second = {"seed": 1, "stages": {"gd": {"max_steps": 20}}}, {"seed": 2}
+    data = compose(*_files(tmp_path, BASE, first, second), {"stages.gd.max_steps": 30})
+    assert data["seed"] == 2 and data["stages"][0]["max_steps"] == 30
+    assert BASE["stages"][0]["max_steps"] == 10  # layers are not mutated
+
+
+@pytest.mark.parametrize("overlay, message", [
+    ({"studnet": {"init": "random"}}, "unknown key 'studnet' in"),
+    ({"teacher": {"finetune": {"epoch": 1}}}, "unknown key 'teacher.finetune.epoch' in"),
+    ({"stages": {"tsd": {"lr": 1}}}, "unknown key 'stages.tsd.lr' in"),
+    ({"stages": [{"name": "ged"}]}, "stage 'ged' is not in the recipe it overlays (stages: gd, tad, tsd)"),
+    ({"stages": {"ged": {"epochs": 1}}}, "stage 'ged' is not in the recipe it overlays"),
+    ({"stages": [{"epochs": 1}]}, "stages[0] needs a name"),
+    ({"task": "sst2"}, "task must be a mapping"),
+])
+def test_bad_overlays_are_one_line_naming_the_file(tmp_path, overlay, message):
+    paths = _files(tmp_path, BASE, overlay)
+    with pytest.raises(ConfigError) as err:
+        load_recipe(paths)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert str(paths[1]) in str(err.value)
+
+
+@pytest.mark.parametrize("task", ["sst2", "mrpc", "cola", "stsb"])
+def test_shipped_scales_and_variants_compose_with_the_paper_recipes(task, glue_dir, corpus_file, tiny_bert_dir):
+    """Every shipped overlay lays over a paper recipe into a valid recipe (data paths pointed at the real folder)."""
+    data = {"task.glue_dir": str(glue_dir), "general.files": [str(corpus_file)], "teacher.pretrained": str(tiny_bert_dir)}
+    for scale in sorted((CONFIGS / "scales").glob("*.yaml")):
+        per_task = CONFIGS / "scales" / scale.stem / f"{task}.yaml"
+        layers = [CONFIGS / f"{task}.yaml", scale, *([per_task] if per_task.is_file() else [])]
+        for variant in sorted((CONFIGS / "variants").glob("*.yaml")):
+            start = {"student.checkpoint": str(tiny_bert_dir)} if variant.stem in "cde" else {}
+            recipe = load_recipe([*layers, variant], {**data, **start})
+            assert recipe.stages and recipe.task.name == task
+
+
 def test_overrides_never_share_a_value_between_recipes():
     """A settings dict applied to two recipes, then a dotted key on one of them, leaves the other alone."""
     shared = {"teacher.finetune": {"epochs": 1}}

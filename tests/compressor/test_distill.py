@@ -5,20 +5,23 @@ which teacher produced the targets, which batches the student saw, which loss te
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from compressor.config import load_recipe
 from compressor.data import load_task_data, tokenize_task
-from compressor.distill import STAGE_MARKER, DistillError, main, run
+from compressor.distill import main, run
+from compressor.runstate import STAGE_MARKER
 from compressor.trainer import DistillationCallback
 
 pytestmark = pytest.mark.slow
@@ -40,18 +43,33 @@ class Recorder(DistillationCallback):
         self.steps.setdefault(Path(args.output_dir).parent.name, []).append({
             "teacher": teacher.config._name_or_path, "labelled": "labels" in inputs,
             "rows": [tuple(r[m.bool()].tolist()) for r, m in zip(inputs["input_ids"], inputs["attention_mask"])],
-            "losses": sorted(k for k in losses if k != "loss")})
+            "losses": sorted(k for k in losses if k != "loss"), "loss": float(losses["loss"])})
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.kill_at == (Path(args.output_dir).parent.name, state.global_step):
             raise SimulatedKill(f"killed at step {state.global_step}")
 
 
+@dataclass
+class Resumed:
+    recipe: Any
+    out: Path
+    first: Recorder
+    second: Recorder
+    interrupted: dict
+    report: dict
+    reference: Recorder
+    reference_out: Path
+
+
 @pytest.fixture(scope="module")
 def resumed_run(tmp_path_factory, tiny_encoder_dir, tiny_recipe, write_recipe):
-    """SST-2, four stages, teacher fine-tuned here; killed at TAD step 3 (checkpoint at 2), then rerun to the end."""
+    """SST-2, four stages, teacher fine-tuned here: once uninterrupted (the reference), and once killed at TAD step 3
+    (checkpoint at 2), then rerun to the end. CPU, one thread, the recipe's seed: the two must end alike."""
     folder = tmp_path_factory.mktemp("resume")
     recipe = load_recipe(write_recipe(folder, tiny_recipe(tiny_encoder_dir)))
+    reference = Recorder()
+    run(recipe, folder / "reference", callbacks=[reference])
     out = folder / "run"
     first, second = Recorder(kill_at=("tad", 3)), Recorder()
     with pytest.raises(SimulatedKill):
@@ -60,12 +78,12 @@ def resumed_run(tmp_path_factory, tiny_encoder_dir, tiny_recipe, write_recipe):
                    "checkpoints": sorted(p.name for p in (out / "tad" / "checkpoints").iterdir()),
                    "gd_mtime": (out / "gd" / STAGE_MARKER).stat().st_mtime_ns}
     report = run(recipe, out, callbacks=[second])
-    return recipe, out, first, second, interrupted, report
+    return Resumed(recipe, out, first, second, interrupted, report, reference, folder / "reference")
 
 
 def test_each_stage_uses_the_teacher_data_and_losses_its_recipe_names(resumed_run, tiny_encoder_dir, glue_dir):
-    recipe, out, first, second, _, _ = resumed_run
-    seen = {**first.steps, **second.steps}  # gd/ged ran in the first run, tad/tsd finished in the second
+    recipe, out = resumed_run.recipe, resumed_run.out
+    seen = {**resumed_run.first.steps, **resumed_run.second.steps}  # gd/ged ran in the first run, tad/tsd in the second
     teacher_of = {"pretrained": str(tiny_encoder_dir), "finetuned": str(out / "teacher")}
     tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_dir)
     train_rows = {tuple(r) for r in tokenize_task(load_task_data(recipe.task), tokenizer, 32)["train"]["input_ids"]}
@@ -85,55 +103,85 @@ def test_each_stage_uses_the_teacher_data_and_losses_its_recipe_names(resumed_ru
 
 
 def test_resume_skips_finished_stages_and_continues_the_interrupted_one(resumed_run):
-    recipe, out, first, second, interrupted, report = resumed_run
-    assert not interrupted["tad_marker"] and interrupted["checkpoints"] == ["checkpoint-2"]
-    assert set(first.steps) == {"gd", "ged", "tad"} and len(first.steps["tad"]) == 3
-    assert set(second.steps) == {"tad", "tsd"}  # no finished stage repeated
-    assert (out / "gd" / STAGE_MARKER).stat().st_mtime_ns == interrupted["gd_mtime"]
-    assert len(second.steps["tad"]) == 6 - 2  # 48 rows / batch 8 = 6 steps; resumed after checkpoint 2
-    steps = {s["name"]: s["steps"] for s in report["stages"]}
+    r = resumed_run
+    assert not r.interrupted["tad_marker"] and r.interrupted["checkpoints"] == ["checkpoint-2"]
+    assert set(r.first.steps) == {"gd", "ged", "tad"} and len(r.first.steps["tad"]) == 3
+    assert set(r.second.steps) == {"tad", "tsd"}  # no finished stage repeated
+    assert (r.out / "gd" / STAGE_MARKER).stat().st_mtime_ns == r.interrupted["gd_mtime"]
+    assert len(r.second.steps["tad"]) == 6 - 2  # 48 rows / batch 8 = 6 steps; resumed after checkpoint 2
+    steps = {s["name"]: s["steps"] for s in r.report["stages"]}
     assert steps == {"gd": 3, "ged": 3, "tad": 6, "tsd": 6}
-    assert not (out / "tad" / "checkpoints").exists()
+    assert not (r.out / "tad" / "checkpoints").exists()
 
 
-def test_a_finished_stage_is_not_reused_under_changed_settings(resumed_run):
-    recipe, out, *_ = resumed_run
-    changed = dataclasses.replace(recipe, stages=[*recipe.stages[:-1],
-                                                  dataclasses.replace(recipe.stages[-1], temperature=3.0)])
-    before = (out / "report.json").read_text()
-    with pytest.raises(DistillError, match=r"stage 'tsd' .* other settings \(temperature: 2.0 -> 3.0\); use a new --output-dir"):
-        run(changed, out)
-    assert (out / "report.json").read_text() == before
-    assert json.loads((out / "tsd" / STAGE_MARKER).read_text())["recipe"] == dataclasses.asdict(recipe.stages[-1])
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    tensors = load_file(folder / "model.safetensors")
+    if (folder / "projections.pt").is_file():
+        tensors.update({f"projections.{k}": v for k, v in torch.load(folder / "projections.pt").items()})
+    return tensors
 
 
-def test_a_finished_stage_after_a_retrained_one_is_refused(resumed_run, tmp_path):
-    recipe, out, *_ = resumed_run
-    copy = tmp_path / "run"
-    shutil.copytree(out, copy)
-    shutil.rmtree(copy / "tad")
-    with pytest.raises(DistillError, match=r"stage 'tsd' .* started from an older 'tad', which this run retrained"):
-        run(recipe, copy)
-    assert (copy / "tad" / STAGE_MARKER).is_file()  # the deleted stage was trained again, the stale one refused
+def test_a_resumed_run_sees_the_batches_and_ends_with_the_weights_of_an_uninterrupted_one(resumed_run):
+    r = resumed_run
+    rows = lambda steps: [s["rows"] for s in steps]  # noqa: E731
+    assert rows(r.first.steps["tad"][:2] + r.second.steps["tad"]) == rows(r.reference.steps["tad"])
+    assert rows(r.second.steps["tsd"]) == rows(r.reference.steps["tsd"])
+    for name in ("teacher", "gd", "ged", "tad", "tsd", "final"):
+        ours, reference = _weights(r.out / name), _weights(r.reference_out / name)
+        assert ours.keys() == reference.keys(), name
+        different = [k for k in ours if not torch.equal(ours[k], reference[k])]
+        assert not different, f"{name}: {different[:3]}"
+    assert r.report["student"]["dev"] == json.loads((r.reference_out / "report.json").read_text())["student"]["dev"]
 
 
-def test_run_directory_report_and_final_student(resumed_run):
-    recipe, out, _, _, _, report = resumed_run
+def test_every_stage_moved_its_student_and_the_loss_fell(resumed_run):
+    """A stage that trains nothing (a zero learning rate, a frozen student) fails here."""
+    r = resumed_run
+    folders = [r.out / s.name for s in r.recipe.stages]
+    for before, after in zip(folders, folders[1:]):
+        a, b = _weights(before), _weights(after)
+        assert any(not torch.equal(a[k], b[k]) for k in a if k in b), f"{after.name} did not change {before.name}'s student"
+    for name, steps in {**r.first.steps, **r.second.steps}.items():
+        losses = [s["loss"] for s in steps]
+        assert min(losses[len(losses) // 2:]) < losses[0], f"{name}: loss never fell below its first value {losses}"
+
+
+def test_run_directory_report_and_final_student(resumed_run, glue_dir):
+    recipe, out, report = resumed_run.recipe, resumed_run.out, resumed_run.report
     for stage in recipe.stages:
         d = out / stage.name
-        assert {"config.json", "model.safetensors", "projections.pt", "dev_metrics.json", STAGE_MARKER} <= {p.name for p in d.iterdir()}
+        assert {"config.json", "model.safetensors", "projections.pt", "dev_metrics.json", "fingerprint.json",
+                STAGE_MARKER} <= {p.name for p in d.iterdir()}
         assert list((d / "logs").rglob("events.out.tfevents*")), "TensorBoard logs"
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
     assert on_disk["task"] == "sst2" and on_disk["metric"] == "accuracy"
     assert [s["name"] for s in on_disk["stages"]] == ["gd", "ged", "tad", "tsd"]
-    assert {"name", "teacher", "data", "losses", "dev", "seconds"} <= set(on_disk["stages"][0])
+    assert {"name", "teacher", "data", "losses", "dev", "seconds", "fingerprint"} <= set(on_disk["stages"][0])
     assert on_disk["retention"] == pytest.approx(on_disk["student"]["dev"]["accuracy"] / on_disk["teacher"]["dev"]["accuracy"])
     assert on_disk["student"]["params"] < on_disk["teacher"]["params"]
     assert (out / "report.md").read_text().startswith("# Distillation report: sst2")
     assert (out / "dev_by_stage.png").read_bytes()[:4] == b"\x89PNG"
-    clf = pipeline("text-classification", model=str(out / "final"))
-    assert clf("a warm, funny film")[0]["label"] in {"negative", "positive"}
+    # final/ is the reported student: anyone's pipeline over the dev slice gets the report's accuracy
+    assert _pipeline_metric(out / "final", recipe.task) == pytest.approx(on_disk["student"]["dev"]["accuracy"])
+
+
+def _pipeline_metric(model_dir: Path, task_cfg) -> float:
+    """The task's main dev metric of ``pipeline("text-classification")`` on the recipe's dev slice."""
+    from compressor.data import task_spec
+    from compressor.metrics import compute_metrics
+
+    task = task_spec(task_cfg)
+    dev = load_task_data(task_cfg)["validation"]
+    clf = pipeline("text-classification", model=str(model_dir), function_to_apply="none", top_k=None)
+    inputs = [{"text": r["text_a"], "text_pair": r["text_b"]} if task.is_pair else r["text_a"] for r in dev]
+    logits = []
+    for scores in clf(inputs):
+        by_label = {s["label"]: s["score"] for s in (scores if isinstance(scores, list) else [scores])}
+        logits.append([by_label[clf.model.config.id2label[i]] for i in range(clf.model.config.num_labels)])
+    import numpy as np
+
+    return compute_metrics(task, np.array(logits), np.array(dev["label"]))[task.metric]
 
 
 @pytest.mark.parametrize("task, metric", [("mrpc", "accuracy"), ("stsb", "pearson")])
@@ -148,8 +196,8 @@ def test_pairs_and_regression_through_four_stages(tmp_path, tiny_encoder_dir, ti
         assert final.config.num_labels == 1 and final.config.problem_type == "regression"
     else:
         assert final.config.id2label == {0: "not_equivalent", 1: "equivalent"}
-    clf = pipeline("text-classification", model=str(tmp_path / "run" / "final"))
-    assert len(clf({"text": "He left early.", "text_pair": "He departed before the end."})) >= 1
+    # sentence pairs go through anyone's pipeline as pairs: it reproduces the report's dev metric
+    assert _pipeline_metric(tmp_path / "run" / "final", recipe.task) == pytest.approx(report["student"]["dev"][metric], abs=1e-5)
 
 
 def _one_line_error(capsys) -> str:
@@ -193,23 +241,6 @@ def test_cli_prints_one_line_error_without_traceback(tmp_path, tiny_bert_dir, ti
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: ") and "\n" not in proc.stderr.strip(), proc.stderr[-2000:]
     assert "regression" in proc.stderr
-
-
-def test_two_process_ddp_on_cpu_produces_a_student(tmp_path, tiny_bert_dir, tiny_recipe, write_recipe):
-    recipe = tiny_recipe(tiny_bert_dir, finetuned=tiny_bert_dir)
-    recipe["stages"] = [recipe["stages"][0], recipe["stages"][3]]  # one general-corpus stage, one task stage
-    config = write_recipe(tmp_path, recipe)
-    out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "compressor.distill", "--config", str(config), "--output-dir", str(out)],
-                          capture_output=True, text=True, env=_subprocess_env(), timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("# Distillation report") == 1  # only rank 0 reports
-    report = json.loads((out / "report.json").read_text())
-    # 48 task rows, 8 per process, 2 processes: 3 optimiser steps; the streamed stage runs max_steps
-    assert {s["name"]: s["steps"] for s in report["stages"]} == {"gd": 3, "tsd": 3}
-    final = AutoModelForSequenceClassification.from_pretrained(out / "final")
-    assert final.config.num_hidden_layers == 4 and final.config.id2label == {0: "negative", 1: "positive"}
 
 
 def test_an_mpnet_teacher_runs_all_four_stages(tmp_path, tiny_bert_dir, tiny_recipe, write_recipe):
@@ -277,20 +308,22 @@ def test_a_pruned_student_with_a_transfer_set_through_the_task_stages(tmp_path, 
     assert all("hard" in step["losses"] and step["losses"]["hard"] >= 0 for step in recorder.steps["tsd"])
 
 
-def test_teacher_dev_metrics_run_on_the_training_device(tmp_path, tiny_bert_dir, tiny_recipe, write_recipe, monkeypatch):
-    """The teacher is evaluated where training runs (CUDA on a GPU machine), not on the CPU it was loaded on.
-    Here the training device is faked as ``meta`` and evaluation is replaced by a probe of the model's device."""
-    import torch
-
-    import compressor.distill as distill
+def test_teacher_dev_metrics_run_on_the_training_device_once(tmp_path, tiny_bert_dir, tiny_recipe, write_recipe,
+                                                             monkeypatch):
+    """The teacher is evaluated where training runs (CUDA on a GPU machine), not on the CPU it was loaded on, and
+    once: a rerun reads ``teacher_dev.json``. Here the training device is faked as ``meta`` and evaluation is
+    replaced by a probe of the model's device."""
+    from compressor import context
+    from compressor.publish import teacher_dev
 
     recipe = load_recipe(write_recipe(tmp_path, tiny_recipe(tiny_bert_dir, finetuned=tiny_bert_dir)))
-    r = distill.Run(recipe, tmp_path / "run")
     (tmp_path / "run").mkdir()
-    r.device = torch.device("meta")
+    ctx = context.RunContext(recipe, tmp_path / "run")
+    ctx.device = torch.device("meta")
     seen = []
-    monkeypatch.setattr(distill, "evaluate", lambda model, *a, **k: seen.append(next(model.parameters()).device) or {"accuracy": 0.5})
-    assert r.teacher_dev() == {"accuracy": 0.5}
+    monkeypatch.setattr(context, "evaluate", lambda model, *a, **k: seen.append(next(model.parameters()).device) or {"accuracy": 0.5})
+    assert teacher_dev(ctx) == {"accuracy": 0.5}
+    assert teacher_dev(ctx) == {"accuracy": 0.5}
     assert seen == [torch.device("meta")]
 
 
@@ -338,23 +371,33 @@ def test_a_killed_general_stage_resumes_at_its_position_without_rereading_the_co
 
 DDP_DRIVER = """
 import json, os, sys
-from compressor.config import load_recipe
-from compressor.distill import run
+import compressor.distill as distill
 from compressor.trainer import DistillationCallback
 
 class Rows(DistillationCallback):
-    rows = []
+    rows = {}
     def on_distill_step(self, args, state, control, *, teacher, inputs, losses):
-        self.rows += [r[m.bool()].tolist() for r, m in zip(inputs["input_ids"], inputs["attention_mask"])]
+        stage = os.path.basename(os.path.dirname(args.output_dir))
+        self.rows.setdefault(stage, []).extend(
+            r[m.bool()].tolist() for r, m in zip(inputs["input_ids"], inputs["attention_mask"]))
 
-run(load_recipe(sys.argv[1]), sys.argv[2], callbacks=[Rows()])
+real_run = distill.run
+distill.run = lambda recipe, out, callbacks=None: real_run(recipe, out, callbacks=[Rows()])
+code = distill.main(["--config", sys.argv[1], "--output-dir", sys.argv[2]])
 with open(os.path.join(sys.argv[2], f"rows-{os.environ['RANK']}.json"), "w") as f:
     json.dump(Rows.rows, f)
+sys.exit(code)
 """
 
 
-def test_ddp_ranks_train_on_disjoint_general_corpus_blocks(tmp_path, tiny_bert_dir, tiny_recipe, write_recipe):
-    config = write_recipe(tmp_path, _general_only(tiny_recipe, tiny_bert_dir, steps=3))
+def test_two_ddp_ranks_train_on_disjoint_rows_that_cover_the_task_data(tmp_path, tiny_bert_dir, tiny_recipe,
+                                                                       write_recipe, glue_dir):
+    """``torchrun`` with two CPU processes through the CLI: in the general-corpus stage the ranks train on disjoint
+    packed blocks; in the task stage on disjoint rows that together are the task slice, each row once; only rank 0
+    reports, and the student is a normal classifier."""
+    recipe = tiny_recipe(tiny_bert_dir, finetuned=tiny_bert_dir)
+    recipe["stages"] = [recipe["stages"][0], recipe["stages"][3]]  # one general-corpus stage, one task stage
+    config = write_recipe(tmp_path, recipe)
     (tmp_path / "driver.py").write_text(DDP_DRIVER)
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -362,7 +405,19 @@ def test_ddp_ranks_train_on_disjoint_general_corpus_blocks(tmp_path, tiny_bert_d
                           capture_output=True, text=True, timeout=600,
                           env={**_subprocess_env(), "PYTHONPATH": str(Path(__file__).parents[2])})  # this checkout's package
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [[tuple(r) for r in json.loads((out / f"rows-{rank}.json").read_text())] for rank in (0, 1)]
-    assert [len(r) for r in rows] == [3 * 8, 3 * 8]
-    assert all(len(r) == 32 for r in rows[0] + rows[1])
-    assert not set(rows[0]) & set(rows[1])
+    assert proc.stdout.count("# Distillation report") == 1  # only rank 0 reports
+    rows = [{k: [tuple(r) for r in v] for k, v in json.loads((out / f"rows-{rank}.json").read_text()).items()}
+            for rank in (0, 1)]
+    # general corpus: 3 steps x 8 blocks of 32 tokens per rank, no block on both ranks
+    assert [len(r["gd"]) for r in rows] == [3 * 8, 3 * 8]
+    assert all(len(b) == 32 for b in rows[0]["gd"] + rows[1]["gd"])
+    assert not set(rows[0]["gd"]) & set(rows[1]["gd"])
+    # task data: 48 rows, 8 per process and step: 3 steps each, 24 rows each, together the whole slice once
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    task_rows = sorted(tuple(r) for r in tokenize_task(load_task_data(load_recipe(config).task), tokenizer, 32)["train"]["input_ids"])
+    assert [len(r["tsd"]) for r in rows] == [24, 24]
+    assert sorted(rows[0]["tsd"] + rows[1]["tsd"]) == task_rows
+    report = json.loads((out / "report.json").read_text())
+    assert {s["name"]: s["steps"] for s in report["stages"]} == {"gd": 3, "tsd": 3}
+    final = AutoModelForSequenceClassification.from_pretrained(out / "final")
+    assert final.config.num_hidden_layers == 4 and final.config.id2label == {0: "negative", 1: "positive"}
