@@ -1,13 +1,14 @@
 """Bounded HTTP load against the BentoML service on this machine, against the model's own speed in-process.
 
-    python benchmarks/serve_load.py --model-dir exports/sst2 --clients 1 16 64 --requests 600 --rounds 3
+    python benchmarks/serve_load.py --model-dir exports/sst2 --clients 1 16 64 --requests 600 --rounds 3 --starts 2
 
 starts ``bentoml serve`` on free loopback ports, once with adaptive batching and once without (both stay up;
 their rounds alternate, so a busy moment of the machine hits both alike), and measures in the same run the
 in-process ``runtime.Classifier`` on the same sentences one at a time (batch 1): the reference the service is
-judged against. The load generator is a separate process (asyncio, ``httpx.AsyncClient``, one keep-alive
-connection per client), so it does not share an interpreter with the measuring process. Load is bounded: a
-fixed number of requests per round, a time limit, loopback addresses only. ``--url`` loads a running server
+judged against; ``--starts`` repeats it all on fresh servers, started in the other order. The load generator
+is a separate process (asyncio, ``aiohttp``, one keep-alive connection per client), so it does not share an
+interpreter with the measuring process. Load is bounded: a fixed number of requests per round, a time limit,
+loopback addresses only. ``--url`` loads a running server
 instead (add ``--model-dir`` for the reference).
 
 Prints per batching mode and number of clients the medians over rounds: requests/s, the ratio to the
@@ -185,13 +186,19 @@ def batch_histogram(url: str) -> tuple[float, float]:
 async def _client_load(url: str, bodies: list[bytes], clients: int, time_limit_s: float, timeout_s: float,
                        keep_answers: bool) -> tuple[list, float]:
     """``clients`` coroutines, each with its own keep-alive connection, take the next body until none is left;
-    bodies not started before the time limit are skipped (status -1)."""
+    bodies not started before the time limit are skipped (status -1). aiohttp rather than httpx: on a small
+    machine the load generator's CPU is taken from the server, and with httpx's client at 64 connections the
+    same server measured a third of the requests/s (70 against 211, 2 cores)."""
+    import aiohttp
+
     outcomes: list = [None] * len(bodies)
     queue = iter(range(len(bodies)))
     deadline = time.monotonic() + time_limit_s
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     headers = {"Content-Type": "application/json"}
-    async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits, trust_env=False) as client:
+    connector = aiohttp.TCPConnector(limit=clients, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(base_url=url, connector=connector, timeout=timeout,
+                                     trust_env=False) as session:
         async def one_client() -> None:
             for i in queue:
                 if time.monotonic() > deadline:
@@ -199,13 +206,14 @@ async def _client_load(url: str, bodies: list[bytes], clients: int, time_limit_s
                     continue
                 start = time.perf_counter()
                 try:
-                    response = await client.post("/classify", content=bodies[i], headers=headers)
-                except httpx.HTTPError:
+                    async with session.post("/classify", data=bodies[i], headers=headers) as response:
+                        body = await response.read()
+                except (aiohttp.ClientError, asyncio.TimeoutError):
                     outcomes[i] = (0, time.perf_counter() - start, None)
                     continue
                 latency = time.perf_counter() - start
-                ok = response.status_code == 200
-                outcomes[i] = (response.status_code, latency, response.json() if ok and keep_answers else None)
+                ok = response.status == 200
+                outcomes[i] = (response.status, latency, json.loads(body) if ok and keep_answers else None)
 
         start = time.perf_counter()
         await asyncio.gather(*(one_client() for _ in range(clients)))
@@ -333,23 +341,22 @@ def median_row(results: list[LoadResult]) -> Row:
 
 
 def measure(urls: dict[str, str], sentences: Sequence[str], clients: Sequence[int], requests: int, rounds: int,
-            texts_per_request: int, time_limit_s: float, log=print) -> list[Row]:
-    """Per number of clients, ``rounds`` rounds alternating the servers; a warm-up load first (untimed)."""
-    warm = make_payloads(sentences, 4 * max(clients), texts_per_request)
+            texts_per_request: int, time_limit_s: float, log=print) -> dict[tuple[str, int], list[LoadResult]]:
+    """Per number of clients, ``rounds`` rounds alternating the servers; a warm-up load first (untimed, long
+    enough for BentoML's dispatcher to finish its training batches). The results per (mode, clients)."""
+    warm = make_payloads(sentences, max(64, 4 * max(clients)), texts_per_request)
     for url in urls.values():
         run_load(url, warm, max(clients), time_limit_s, "warm-up", keep_answers=False)
-    rows = []
+    results: dict[tuple[str, int], list[LoadResult]] = {}
     for n in clients:
-        results: dict[str, list[LoadResult]] = {mode: [] for mode in urls}
         for r in range(rounds):
             payloads = make_payloads(sentences, requests, texts_per_request, offset=r * requests)
             for mode, url in (urls.items() if r % 2 == 0 else reversed(urls.items())):
                 result = run_load(url, payloads, n, time_limit_s, mode, keep_answers=False)
                 log(f"  {mode:9} {n:3} clients round {r + 1}: {result.requests_per_s:6.1f} req/s, "
                     f"p99 {result.p99_ms:6.1f} ms, errors {result.errors}")
-                results[mode].append(result)
-        rows += [median_row(results[mode]) for mode in urls]
-    return rows
+                results.setdefault((mode, n), []).append(result)
+    return results
 
 
 def table(rows: list[Row], reference: float | None) -> str:
@@ -383,6 +390,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients", nargs="+", type=int, default=[1, 16, 64], help="concurrent clients")
     parser.add_argument("--requests", type=int, default=600, help="requests per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--starts", type=int, default=1,
+                        help="fresh servers this many times (start order alternating), medians over every round: "
+                             "on a small machine where a process lands on the cores moves it by several percent")
     parser.add_argument("--texts-per-request", type=int, default=1)
     parser.add_argument("--time-limit", type=float, default=120, help="seconds per round; later requests skipped")
     parser.add_argument("--data", default=str(DEFAULT_SST2),
@@ -393,7 +403,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not (args.url or args.model_dir):
         parser.error("pass --model-dir (start servers here) or --url (a running server)")
-    for name in ("requests", "rounds", "texts_per_request"):
+    for name in ("requests", "rounds", "starts", "texts_per_request"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if min(args.clients) < 1:
@@ -410,26 +420,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         sentences = read_sentences(args.data)
-        with contextlib.ExitStack() as stack:
-            if args.url:
-                urls = {"server": check_loopback(args.url)}
-            else:
-                urls = {mode: stack.enter_context(bento_server(args.model_dir, {**MODES[mode], **args.server_env})).url
-                        for mode in args.modes}
-            reference = [classifier_reference(args.model_dir, sentences)] if args.model_dir else []
-            rows = measure(urls, sentences, args.clients, args.requests, args.rounds, args.texts_per_request,
-                           args.time_limit)
-            if args.model_dir:
-                reference.append(classifier_reference(args.model_dir, sentences))
+        results: dict[tuple[str, int], list[LoadResult]] = {}
+        reference = []
+        for start in range(1 if args.url else args.starts):
+            with contextlib.ExitStack() as stack:
+                if args.url:
+                    urls = {"server": check_loopback(args.url)}
+                else:
+                    if args.starts > 1:
+                        print(f"start {start + 1} of {args.starts}")
+                    order = args.modes if start % 2 == 0 else args.modes[::-1]
+                    urls = {mode: stack.enter_context(bento_server(args.model_dir, {**MODES[mode],
+                                                                                    **args.server_env})).url
+                            for mode in order}
+                if args.model_dir:
+                    reference.append(classifier_reference(args.model_dir, sentences))
+                for key, found in measure(urls, sentences, args.clients, args.requests, args.rounds,
+                                          args.texts_per_request, args.time_limit).items():
+                    results.setdefault(key, []).extend(found)
+                if args.model_dir:
+                    reference.append(classifier_reference(args.model_dir, sentences))
+        modes = ["server"] if args.url else args.modes
+        rows = [median_row(results[(mode, n)]) for n in args.clients for mode in modes]
     except (LoadError, OSError, httpx.HTTPError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     ref = float(np.median(reference)) if reference else None
-    print(f"\n{args.requests} requests x {args.texts_per_request} texts per round, {args.rounds} rounds (medians), "
+    print(f"\n{args.requests} requests x {args.texts_per_request} texts per round, {args.rounds} rounds"
+          + (f" x {args.starts} server starts" if args.starts > 1 and not args.url else "") + " (medians), "
           f"uptime load {os.getloadavg()[0]:.2f}" + (f", server env {args.server_env}" if args.server_env else ""))
     if ref:
         print(f"in-process runtime.Classifier, one sentence per call: {ref:.1f} sentences/s "
-              f"(before/after the load: {', '.join(f'{r:.1f}' for r in reference)})")
+              f"(before/after each start's load: {', '.join(f'{r:.1f}' for r in reference)})")
     print(table(rows, ref))
     print("\n".join(batching_comparison(rows)))
     if args.json:

@@ -20,8 +20,7 @@ import yaml
 
 from compressor.config import load_recipe, parse_overrides
 from compressor.data import HubUnreachable
-from compressor.distill import USER_ERRORS, run
-from compressor.trainer import process_state
+from compressor.distill import USER_ERRORS, finish, run
 
 DEMO_RECIPE = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 HUB_BLOCKS = 40000
@@ -69,11 +68,8 @@ def main(argv: list[str] | None = None) -> int:
               f"put {' and '.join(where)}, or go online", file=sys.stderr)
         return 2
     except USER_ERRORS as exc:
-        print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
-        return 2
-    if process_state().is_main_process:
-        print((Path(args.output_dir) / "report.md").read_text())
-    return 0
+        return finish(args.output_dir, exc)
+    return finish(args.output_dir)
 
 
 if __name__ == "__main__":

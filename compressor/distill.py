@@ -75,6 +75,16 @@ def run(recipe: Recipe, output_dir: str | Path, callbacks: list[TrainerCallback]
 USER_ERRORS = (ConfigError, DataError, StudentError, DistillError, StaleError, OSError)
 
 
+def finish(output_dir: str | Path, error: BaseException | None = None) -> int:
+    """How the CLIs end: a user error on one line (exit 2), else the run's report from the main process."""
+    if error is not None:
+        print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    if process_state().is_main_process:
+        print((Path(output_dir) / "report.md").read_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m compressor.distill", description=__doc__.splitlines()[0],
                                 epilog="Any recipe key can be overridden: --stages.tsd.epochs 3 --task.max_train_samples 2000")
@@ -86,14 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     transformers.logging.set_verbosity_warning()
     try:
-        recipe = load_recipe(args.config, overrides)
-        run(recipe, args.output_dir)
+        run(load_recipe(args.config, overrides), args.output_dir)
     except USER_ERRORS as exc:
-        print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
-        return 2
-    if process_state().is_main_process:
-        print((Path(args.output_dir) / "report.md").read_text())
-    return 0
+        return finish(args.output_dir, exc)
+    return finish(args.output_dir)
 
 
 if __name__ == "__main__":

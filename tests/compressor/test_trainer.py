@@ -230,22 +230,25 @@ def test_teacher_computes_attention_maps_only_for_mapped_layers_and_they_equal_e
     assert len(sdpa_calls) == 4  # the four unmapped layers kept the fused kernel
 
 
-def test_group_by_length_reaches_the_sampler_of_task_stages_only(tmp_path):
-    """``group_by_length: true`` on a task stage batches rows of similar length (transformers' LengthGroupedSampler):
-    the batches of one epoch hold the same rows as without it, with less padding."""
-    from transformers.trainer_pt_utils import LengthGroupedSampler
+def test_group_by_length_groups_the_batches_the_distillation_trainer_draws(tmp_path, parts):
+    """``group_by_length: true`` on a task stage: the DistillationTrainer's own train dataloader holds the same
+    rows as without it, in batches of similar length, so far fewer padded tokens."""
+    tokenizer, teacher, _ = parts
+    lengths = torch.randint(3, 60, (256,), generator=torch.Generator().manual_seed(0)).tolist()
+    ids = [[tokenizer.cls_token_id] + [tokenizer.unk_token_id] * (n - 2) + [tokenizer.sep_token_id] for n in lengths]
+    data = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * n for n in lengths],
+                              "labels": [i % 2 for i in range(256)]})
 
-    from compressor.trainer import distill_arguments
+    def drawn(group: bool) -> tuple[list[int], int]:
+        stage = StageConfig(name="tad", losses={"hard": 1.0}, group_by_length=group, batch_size=32)
+        trainer = DistillationTrainer(model=_module(teacher, stage.losses), teacher=teacher,
+                                      args=distill_arguments(tmp_path / str(group), stage, Recipe()),
+                                      train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer))
+        batches = list(trainer.get_train_dataloader())
+        rows = sorted(int(mask.sum()) for batch in batches for mask in batch["attention_mask"])
+        return rows, sum(batch["input_ids"].numel() for batch in batches)
 
-    rng = torch.Generator().manual_seed(0)
-    lengths = torch.randint(3, 60, (256,), generator=rng).tolist()
-    data = Dataset.from_dict({"input_ids": [[1] * n for n in lengths]})
-    grouped = distill_arguments(tmp_path / "a", StageConfig(name="tad", group_by_length=True, batch_size=32), Recipe())
-    plain = distill_arguments(tmp_path / "b", StageConfig(name="tad", batch_size=32), Recipe())
-    assert grouped.group_by_length and not plain.group_by_length
-    order = list(LengthGroupedSampler(32, dataset=data, lengths=lengths, generator=torch.Generator().manual_seed(1)))
-    assert sorted(order) == list(range(256))
-    padded = sum(max(lengths[i] for i in order[b:b + 32]) * 32 for b in range(0, 256, 32))
-    shuffled = torch.randperm(256, generator=torch.Generator().manual_seed(1)).tolist()
-    padded_random = sum(max(lengths[i] for i in shuffled[b:b + 32]) * 32 for b in range(0, 256, 32))
-    assert padded < 0.8 * padded_random
+    grouped_rows, grouped_tokens = drawn(True)
+    plain_rows, plain_tokens = drawn(False)
+    assert grouped_rows == plain_rows == sorted(lengths)
+    assert grouped_tokens < 0.8 * plain_tokens

@@ -23,14 +23,28 @@ def test_flags_and_defaults():
 
 
 def test_workers_and_threads_follow_the_machine():
-    four = settings.Settings.from_env({}, cpus=4, gpu=False)
-    assert (four.workers, four.threads, four.max_chars, four.batching) == (4, 1, 10_000, True)
+    two = settings.Settings.from_env({}, cpus=2, gpu=False)
+    assert (two.workers, two.threads, two.max_chars, two.batching) == (1, 2, 10_000, True)
+    ten = settings.Settings.from_env({}, cpus=10, gpu=False)
+    assert (ten.workers, ten.threads) == (2, 5)
     gpu = settings.Settings.from_env({}, cpus=4, gpu=True)
     assert (gpu.workers, gpu.threads) == (1, 4)
     fewer = settings.Settings.from_env({"COMPRESSOR_WORKERS": "2"}, cpus=4, gpu=False)
     assert (fewer.workers, fewer.threads) == (2, 2)
-    both = settings.Settings.from_env({"COMPRESSOR_WORKERS": "auto", "COMPRESSOR_THREADS": "3"}, cpus=2, gpu=False)
+    both = settings.Settings.from_env({"COMPRESSOR_WORKERS": "auto", "COMPRESSOR_THREADS": "3"}, cpus=8, gpu=False)
     assert (both.workers, both.threads) == (2, 3)
+
+
+def test_responses_name_their_media_type(monkeypatch):
+    """BentoML derives a response's media type from the output's JSON schema, built anew per response, unless
+    the output spec names it: the service names it, so no schema is built on the request path."""
+    output = service.TextClassifier.apis["classify"].output_spec
+
+    def no_schema_on_the_request_path(*args, **kwargs):
+        raise AssertionError("a JSON schema was built to answer a request")
+
+    monkeypatch.setattr(output, "model_json_schema", no_schema_on_the_request_path)
+    assert output.mime_type() == "application/json"
 
 
 def test_usable_cpus_honours_a_cgroup_quota(tmp_path):
