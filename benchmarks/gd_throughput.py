@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import datasets
@@ -69,7 +70,10 @@ class TimedTrainer(DistillationTrainer):
 
 def train_once(arm: str, data, recipe, stage, teacher, tokenizer, steps: int, out: Path) -> dict[str, float]:
     transformers.set_seed(recipe.seed)
-    student = build_student(recipe.student, teacher, GLUE_TASKS[recipe.task.name])
+    # a student cut from the teacher (init: pruned) has the recipe's shape, so a random one of that shape
+    # does the same arithmetic without the pruning run
+    shape = replace(recipe.student, init="random") if recipe.student.init == "pruned" else recipe.student
+    student = build_student(shape, teacher, GLUE_TASKS[recipe.task.name])
     module = DistillationModule(student, projections_for(student, teacher), stage.losses,
                                 layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers))
     args = distill_arguments(out / arm, stage, recipe, max_steps=steps, save_strategy="no", report_to=[],
