@@ -157,13 +157,15 @@ def distill_arguments(output_dir: str | Path, stage: StageConfig, recipe: Recipe
         learning_rate=stage.learning_rate, per_device_train_batch_size=stage.batch_size,
         **warmup_arguments(stage.warmup_ratio), weight_decay=stage.weight_decay, lr_scheduler_type="linear",
         eval_strategy="no", save_strategy="steps", save_steps=recipe.save_steps, save_total_limit=1,
-        logging_steps=recipe.logging_steps, **logging_dir_arguments(Path(output_dir) / "logs"), report_to=["tensorboard"],
+        logging_steps=recipe.logging_steps, report_to=["tensorboard"],
         seed=recipe.seed, remove_unused_columns=False, dataloader_num_workers=0,
         group_by_length=stage.group_by_length and stage.data == "task",
         ddp_find_unused_parameters=True, save_safetensors=True, dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(), **mixed_precision(recipe),
     )
     kwargs.update(overrides)
+    # after the overrides: a caller's logging_dir must take the transformers-5 route (the environment) too
+    kwargs.update(logging_dir_arguments(kwargs.pop("logging_dir", Path(output_dir) / "logs")))
     fields = TrainingArguments.__dataclass_fields__
     if "save_safetensors" not in fields:  # transformers 5 always saves safetensors
         kwargs.pop("save_safetensors")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -252,3 +253,27 @@ def test_group_by_length_groups_the_batches_the_distillation_trainer_draws(tmp_p
     plain_rows, plain_tokens = drawn(False)
     assert grouped_rows == plain_rows == sorted(lengths)
     assert grouped_tokens < 0.8 * plain_tokens
+
+
+def test_a_callers_logging_dir_takes_the_transformers_5_route(tmp_path, monkeypatch):
+    """transformers 5 has no ``TrainingArguments.logging_dir`` (TensorBoard reads TENSORBOARD_LOGGING_DIR): a stage's
+    own log folder, passed as an override, goes to the environment and never reaches TrainingArguments."""
+    from transformers import TrainingArguments
+
+    from compressor import trainer
+
+    class Transformers5Arguments:
+        __dataclass_fields__ = {k: v for k, v in TrainingArguments.__dataclass_fields__.items()
+                                if k not in ("logging_dir", "save_safetensors")}
+
+        def __init__(self, **kwargs):
+            unknown = set(kwargs) - set(self.__dataclass_fields__)
+            assert not unknown, f"not TrainingArguments fields in transformers 5: {unknown}"
+            self.kwargs = kwargs
+
+    monkeypatch.setattr(trainer, "TrainingArguments", Transformers5Arguments)
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    trainer.distill_arguments(tmp_path / "ckpt", StageConfig(name="tad"), Recipe(), logging_dir=str(tmp_path / "logs"))
+    assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "logs")
+    trainer.distill_arguments(tmp_path / "ckpt", StageConfig(name="tad"), Recipe())
+    assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "ckpt" / "logs")
