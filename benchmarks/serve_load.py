@@ -8,8 +8,7 @@ in-process ``runtime.Classifier`` on the same sentences one at a time (batch 1):
 judged against; ``--starts`` repeats it all on fresh servers, started in the other order. The load generator
 is a separate process (asyncio, ``aiohttp``, one keep-alive connection per client), so it does not share an
 interpreter with the measuring process. Load is bounded: a fixed number of requests per round, a time limit,
-loopback addresses only. ``--url`` loads a running server
-instead (add ``--model-dir`` for the reference).
+loopback addresses only. ``--url`` loads a running server instead (add ``--model-dir`` for the reference).
 
 Prints per batching mode and number of clients the medians over rounds: requests/s, the ratio to the
 reference, p50/p99 latency, errors, and the mean batch size (requests per model call, from BentoML's

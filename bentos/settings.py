@@ -24,8 +24,8 @@ Each worker's model runs one batch at a time on its share of the cores with ONNX
 idle workers leave the cores to busy ones. Few workers with several threads each beat one worker per core: each
 worker batches only the requests its own event loop parsed, so more workers make smaller batches (measured on 2
 cores with batching on: one worker with 2 threads served 1.2x the requests/s of two with one thread each at 16
-clients). The cores counted (``ernie_common.env.usable_cpus``) honour the
-process's CPU affinity and a cgroup CPU quota (a container's ``--cpus``).
+clients). The cores counted (``ernie_common.env.usable_cpus``) honour the process's CPU affinity and a cgroup
+CPU quota (a container's ``--cpus``).
 """
 from __future__ import annotations
 

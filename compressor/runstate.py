@@ -78,14 +78,11 @@ class Result:
         path = self.folder / FINGERPRINT_FILE
         return read_json(path) if path.is_file() else None
 
-    def record(self) -> None:
-        """Write ``fingerprint.json`` (atomically) before the work starts: a killed run is checked against it."""
-        write_json_atomic(self.folder / FINGERPRINT_FILE, {"fingerprint": self.fingerprint, "inputs": self.inputs})
-
-
-def record_into(folder: str | os.PathLike, result: Result) -> None:
-    """``fingerprint.json`` of ``result`` in another folder (a result built in a temp folder, then renamed)."""
-    write_json_atomic(Path(folder) / FINGERPRINT_FILE, {"fingerprint": result.fingerprint, "inputs": result.inputs})
+    def record(self, folder: str | os.PathLike | None = None) -> None:
+        """Write ``fingerprint.json`` (atomically) before the work starts: a killed run is checked against it.
+        ``folder``: where the result is being built, when not in place (a temp folder renamed when done)."""
+        write_json_atomic(Path(folder or self.folder) / FINGERPRINT_FILE,
+                          {"fingerprint": self.fingerprint, "inputs": self.inputs})
 
 
 # --------------------------------------------------------------------------- the run folder's layout

@@ -22,7 +22,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from compressor.context import RunContext
 from ernie_common.params import count_params
 from ernie_common.io import atomic_dir, read_json, write_json_atomic
-from compressor.runstate import CHECKPOINTS, PRUNE_MARKER, STAGE_MARKER, Result, Status, record_into
+from compressor.runstate import CHECKPOINTS, PRUNE_MARKER, STAGE_MARKER, Result, Status
 from compressor.student import PROJECTIONS_FILE, build_student, layer_map_for, projections_for, prune_student
 from compressor.trainer import DistillationModule, DistillationTrainer, distill_arguments
 
@@ -63,7 +63,7 @@ def make_pruned_start(ctx: RunContext, result: Result) -> Path:
             torch.save(projections.state_dict(), tmp / PROJECTIONS_FILE)
             dev = ctx.dev_metrics(student)
             write_json_atomic(tmp / "dev_metrics.json", dev)
-            record_into(tmp, result)
+            result.record(tmp)
             write_json_atomic(tmp / PRUNE_MARKER, {**report, "prune_from": cfg.prune_from, "source": str(source),
                                                    "params": count_params(student), "dev": dev,
                                                    "fingerprint": result.fingerprint,

@@ -335,4 +335,3 @@ def _candidates(backend: str, variant: str | None, kind: str) -> list[tuple[str,
 def _check_backend_name(backend: str) -> None:
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is not one of auto, {', '.join(BACKENDS)}")
-

@@ -1,9 +1,9 @@
 """CUDA graphs for the torch back end: each input shape's whole forward captured once and replayed as one launch.
 
 The small student spends most of its GPU time waiting for the CPU to launch kernels; a replayed graph
-launches them all at once. ``runtime.backends.torch_backend(..., cuda_graphs=True)`` (and so
-``Classifier.load(..., backend="torch", cuda_graphs=True)`` and the service's ``COMPRESSOR_CUDA_GRAPHS=1``)
-runs the model through :class:`CudaGraphRunner`.
+launches them all at once. The ``cuda-graphs`` back end (``runtime.backends.cuda_graphs_backend``, and so
+``Classifier.load(..., backend="cuda-graphs")`` and the service's ``COMPRESSOR_BACKEND=cuda-graphs``) runs the
+model through :class:`CudaGraphRunner`.
 
 Shapes are bucketed: rows and sequence length are padded up to the next power of two (the length no further
 than the model's position table), so a server sending many batch sizes and lengths captures a few dozen
