@@ -6,8 +6,9 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 OUT    ?= runs/demo
 GPU_OUT ?= bench_out/gpu-check
-# CPython 3.12 manylinux x86_64 wheels: the GPU machine's platform (pure-python wheels match any of these)
-WHEEL_PLATFORM := --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+# manylinux x86_64 wheels for the GPU machine's CPython (GPU_PYTHON; pure-python wheels match any of these)
+GPU_PYTHON ?= 3.12
+WHEEL_PLATFORM := --python-version $(GPU_PYTHON) --implementation cp --platform manylinux_2_28_x86_64 \
 	--platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 	--platform manylinux1_x86_64
 PYTEST_ARGS ?=
@@ -35,9 +36,9 @@ test: install
 clean:
 	rm -rf $(VENV) runs
 
-# --- the prepared GPU check (benchmarks/gpu_check.py says what it runs and the device invocation) ---------
-# gpu-wheels / gpu-pack run here (package index, ../shared/data, after `make install`); gpu-check runs on the
-# GPU machine with .gpu carried; gpu-rehearse runs every step here on tiny models (CI does too).
+# --- the GPU check (benchmarks/gpu_check.py says what it runs) ----------------------------------------
+# gpu-wheels / gpu-pack need a package index and ../shared/data (after `make install`); gpu-check runs on a
+# GPU machine with the repository and .gpu; gpu-rehearse runs every step on the CPU with tiny models (CI does too).
 gpu-wheels:
 	rm -rf .gpu/wheels && mkdir -p .gpu/wheels
 	grep -v '^#' benchmarks/gpu_wheels.txt | grep . | while read -r spec; do \

@@ -9,7 +9,7 @@ Two arms train the recipe's first general-corpus stage (same teacher, student, b
 - ``before``: the data path and teacher call this package had before (``datasets`` text stream tokenised and
   packed inside the training process, 2048-block shuffle buffer; the teacher asked for every layer's
   attention map, i.e. eager attention in all layers);
-- ``after``: the packed corpus (``compressor.data.general_corpus``: tokenised once in ``num_proc`` processes,
+- ``after``: the packed corpus (``compressor.data.corpus.general_corpus``: tokenised once in ``num_proc`` processes,
   memory-mapped) and the teacher computing only the mapped layers' maps.
 
 It also times each data path alone (what it can feed, tokens/s), the one-time pack of the whole corpus, and
@@ -31,12 +31,12 @@ import torch
 import transformers
 from transformers import AutoModel, AutoTokenizer, DataCollatorWithPadding, PrinterCallback
 
-from compressor.config import load_recipe
-from compressor.data import general_corpus, pack_blocks
-from compressor.losses import Outputs
-from compressor.student import build_student, layer_map, projections_for
-from compressor.tasks import GLUE_TASKS
-from compressor.trainer import DistillationModule, DistillationTrainer, distill_arguments
+from compressor.data.corpus import general_corpus, pack_blocks
+from compressor.modeling.losses import Outputs
+from compressor.modeling.student import build_student, layer_map, projections_for
+from compressor.modeling.trainer import DistillationModule, DistillationTrainer, training_arguments
+from compressor.recipe.schema import load_recipe
+from compressor.recipe.tasks import GLUE_TASKS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,7 +76,7 @@ def train_once(arm: str, data, recipe, stage, teacher, tokenizer, steps: int, ou
     student = build_student(shape, teacher, GLUE_TASKS[recipe.task.name])
     module = DistillationModule(student, projections_for(student, teacher), stage.losses,
                                 layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers))
-    args = distill_arguments(out / arm, stage, recipe, max_steps=steps, save_strategy="no", report_to=[],
+    args = training_arguments(out / arm, stage, recipe, max_steps=steps, save_strategy="no", report_to=[],
                              logging_steps=10 ** 6, disable_tqdm=True)
     trainer = TimedTrainer(model=module, teacher=teacher, args=args, train_dataset=data, all_maps=arm == "before",
                            data_collator=DataCollatorWithPadding(tokenizer))

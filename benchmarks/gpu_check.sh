@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check on the GPU machine (make gpu-check runs this): install the carried wheels into a temporary
-# path (that machine has no package index), then run benchmarks/gpu_check.py on CUDA.
+# The GPU check on a GPU machine (make gpu-check runs this): install the packed wheels into a temporary
+# path (for a machine without a package index), then run benchmarks/gpu_check.py on CUDA.
 #   bash benchmarks/gpu_check.sh [OUT_DIR] [gpu_check.py options...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +10,7 @@ site="${GPU_SITE:-/tmp/gpu-site}"
 shopt -s nullglob
 wheels=(.gpu/wheels/*.whl)
 if [ ${#wheels[@]} -eq 0 ]; then
-    echo "error: no wheels in .gpu/wheels: run 'make gpu-pack' on the CPU machine and carry .gpu" >&2
+    echo "error: no wheels in .gpu/wheels: run 'make gpu-pack' (on a connected machine) and copy .gpu with the repository" >&2
     exit 2
 fi
 "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "${wheels[@]}"

@@ -29,7 +29,7 @@ if str(REPO) not in sys.path:  # this checkout's runtime/, also where the packag
 
 from ernie_common.io import write_json_atomic, write_text_atomic  # noqa: E402
 from runtime.backends import BackendUnavailable, gpu_available  # noqa: E402
-from runtime.bench_models import ARCHS, CompiledRunner  # noqa: E402
+from runtime.bench.models import ARCHS, CompiledRunner  # noqa: E402
 
 DEFAULT_TEXTS = REPO.parent / "shared" / "data" / "glue" / "SST-2" / "dev.tsv"
 GOAL_MIN_BATCH = 32
@@ -82,8 +82,8 @@ def unavailable(engine: Engine, device: str) -> str | None:
 
 
 def run_engine(engine: Engine, args, texts: list | None, tokenizer) -> dict:
-    from runtime import bench
-    from runtime.bench_models import ModelSpec
+    from runtime.bench import timing as bench
+    from runtime.bench.models import ModelSpec
 
     common = dict(backend=engine.backend, device=args.device, precision=args.precision, threads=None,
                   cuda_graphs=engine.cuda_graphs, compile_mode=args.compile_mode if engine.compiled else None,
@@ -130,7 +130,7 @@ def summary_table(results: dict[str, dict], batches: list[int], goal: float) -> 
 
 def write_outputs(results: dict[str, dict], args, out: Path) -> str:
     """gpu_latency.json and .md as they stand (rewritten after every engine: a run cut short keeps both)."""
-    from runtime import bench
+    from runtime.bench import timing as bench
 
     write_json_atomic(out / "gpu_latency.json", results)
     measured = [r for r in results.values() if "environment" in r]
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         print("skipped: no CUDA GPU visible (torch.cuda.is_available() is False); run on an NVIDIA GPU "
               "machine with a CUDA build of torch (or rehearse with --device cpu)")
         return 0
-    from runtime import bench
+    from runtime.bench import timing as bench
 
     started = time.monotonic()
     args.batch = [int(b) for b in args.batch.split(",")]

@@ -5,8 +5,8 @@
 Every run is a recipe composed from ``compressor/configs/`` (the same composition ``python -m compressor.distill
 --config A --config B ...`` does): the task's paper recipe ``<task>.yaml``, the scale's overlay
 ``scales/<scale>.yaml`` (data, student, schedules) and its task slice ``scales/<scale>/<task>.yaml`` where there
-is one, the teacher and data paths and any ``--dotted.key value`` of the command line, then the variant's
-overlay ``variants/<key>.yaml``:
+is one, the teacher and data paths and any ``--dotted.key value`` of the command line, then the arm's
+overlay ``arms/<key>.yaml``:
 
     (a) fine-tuned directly: one stage on task data with the hard-label loss only
     (b) TSD only                       (c) GD + TSD (TinyBERT's two stages)
@@ -15,8 +15,8 @@ overlay ``variants/<key>.yaml``:
     (g) (f) + augmented task data (transfer set) in TAD and TSD
 
 For each task the pretrained teacher is fine-tuned once (``compressor.finetune``). General Distillation does
-not depend on the task, so ``variants/gd.yaml`` runs once per scale and (c)-(e), whose overlays say
-``student.init: checkpoint``, start from its student. Results with equal fingerprints (compressor/fingerprint.py:
+not depend on the task, so ``arms/gd.yaml`` runs once per scale and (c)-(e), whose overlays say
+``student.init: checkpoint``, start from its student. Results with equal fingerprints (compressor/run/fingerprint.py:
 everything a result depends on) are trained once: a finished folder (GED of (d) for (e); the pruned start, GD
 and GED of (f) for (g)) is copied into the later run, whose distillation then reuses it. Every run folder is a
 normal ``compressor.distill`` run directory, so rerunning the command resumes after a kill.
@@ -44,13 +44,14 @@ from typing import Any
 import yaml
 
 import compressor
-from compressor.config import compose, parse_overrides, read_yaml, recipe_from_dict
-from compressor.distill import USER_ERRORS, run as distill_run
-from compressor.finetune import finetune_teacher
+from compressor.distill import run as distill_run
+from compressor.recipe.schema import compose, parse_overrides, read_yaml, recipe_from_dict
+from compressor.recipe.tasks import GLUE_TASKS
+from compressor.run.finetune import finetune_teacher
+from compressor.run.runstate import plan_run
 from ernie_common.env import library_versions, machine, usable_cpus
+from ernie_common.errors import UserError, cli
 from ernie_common.io import atomic_dir, read_json, write_json_atomic, write_text_atomic
-from compressor.runstate import plan_run
-from compressor.tasks import GLUE_TASKS
 
 log = logging.getLogger("reproduce")
 
@@ -71,7 +72,7 @@ def local_corpus(path: str) -> dict[str, Any]:
     return {"general.files": [path], "general.dataset": None, "general.dataset_config": None}
 
 
-class ReproduceError(ValueError):
+class ReproduceError(UserError):
     """A benchmark that cannot go ahead as asked; the message is one line that names the fix."""
 
 
@@ -79,17 +80,17 @@ class ReproduceError(ValueError):
 
 
 @dataclass(frozen=True)
-class Variant:
-    """A row of the table: its label, and its recipe overlay ``configs/variants/<key>.yaml``."""
+class Arm:
+    """A row of the table: its label, and its recipe overlay ``configs/arms/<key>.yaml``."""
 
     key: str
     label: str
     from_run: str | None = None
-    """No training of its own: the row is the pruned start (``report["pruned"]``) of that variant's run."""
+    """No training of its own: the row is the pruned start (``report["pruned"]``) of that arm's run."""
 
     @property
     def overlay(self) -> Path:
-        return CONFIGS / "variants" / f"{self.key}.yaml"
+        return CONFIGS / "arms" / f"{self.key}.yaml"
 
     @property
     def after_gd(self) -> bool:
@@ -97,18 +98,18 @@ class Variant:
         return not self.from_run and (read_yaml(self.overlay).get("student") or {}).get("init") == "checkpoint"
 
 
-VARIANTS: dict[str, Variant] = {v.key: v for v in (
-    Variant("a", "(a) fine-tuned directly, no distillation"),
-    Variant("b", "(b) TSD only"),
-    Variant("c", "(c) GD + TSD (TinyBERT-style)"),
-    Variant("d", "(d) GD + GED + TSD"),
-    Variant("e", "(e) GD + GED + TAD + TSD (ERNIE-Tiny)"),
-    Variant("p", "(p) pruned from the fine-tuned teacher, before any training", from_run="f"),
-    Variant("f", "(f) pruned + GD + GED + TAD + TSD"),
-    Variant("g", "(g) (f) + augmented task data (transfer set) in TAD and TSD"),
-    Variant("h", "(h) pruned + GED + TAD + TSD with the transfer set, recovery rates, no GD (demo.yaml)"),
+ARMS: dict[str, Arm] = {v.key: v for v in (
+    Arm("a", "(a) fine-tuned directly, no distillation"),
+    Arm("b", "(b) TSD only"),
+    Arm("c", "(c) GD + TSD (TinyBERT-style)"),
+    Arm("d", "(d) GD + GED + TSD"),
+    Arm("e", "(e) GD + GED + TAD + TSD (ERNIE-Tiny)"),
+    Arm("p", "(p) pruned from the fine-tuned teacher, before any training", from_run="f"),
+    Arm("f", "(f) pruned + GD + GED + TAD + TSD"),
+    Arm("g", "(g) (f) + augmented task data (transfer set) in TAD and TSD"),
+    Arm("h", "(h) pruned + GED + TAD + TSD with the transfer set, recovery rates, no GD (demo.yaml)"),
 )}
-GD = Variant("gd", "General Distillation, shared by (c)-(e)")
+GD = Arm("gd", "General Distillation, shared by (c)-(e)")
 GD_STAGE = "gd"
 
 
@@ -164,19 +165,19 @@ SCALES: dict[str, Scale] = {s.name: s for s in (
 # --------------------------------------------------------------------------- recipes
 
 
-def compose_recipe(scale: Scale, task: str, variant: Variant | None, settings: dict[str, Any],
+def compose_recipe(scale: Scale, task: str, arm: Arm | None, settings: dict[str, Any],
                    finetuned: str | None = None, gd_student: str | None = None) -> dict[str, Any]:
     """One run's recipe (raw dict): the scale's layers for the task, ``settings`` (teacher, data paths, the
-    command line's overrides), the fine-tuned teacher, then the variant's overlay (``None``: no variant, the
-    recipe the teacher is fine-tuned with). A variant that starts after GD gets ``gd_student`` as its checkpoint;
+    command line's overrides), the fine-tuned teacher, then the arm's overlay (``None``: no arm, the
+    recipe the teacher is fine-tuned with). A arm that starts after GD gets ``gd_student`` as its checkpoint;
     before GD exists (``gd_student=None``) it is checked as starting from a random student."""
     layers: list[Any] = [*scale.layers(task), settings]
     if finetuned is not None:
         layers.append({"teacher.finetuned": finetuned})
-    if variant is not None:
-        layers.append(variant.overlay)
+    if arm is not None:
+        layers.append(arm.overlay)
     data = compose(*layers)
-    if variant is not None and variant.after_gd:
+    if arm is not None and arm.after_gd:
         data["student"] = ({**data["student"], "checkpoint": gd_student} if gd_student is not None
                            else {**data["student"], "init": "random"})
     return data
@@ -224,7 +225,7 @@ class SharedResults:
 class Plan:
     scale: Scale
     tasks: list[str]
-    variants: list[Variant]
+    arms: list[Arm]
     out: Path
     teacher: str
     overrides: dict[str, Any]
@@ -239,11 +240,11 @@ class Plan:
                 **self.overrides}
 
     @property
-    def trained(self) -> list[Variant]:
-        """The variants that train (a ``from_run`` row only reads its source run, trained for it if not listed)."""
-        keys = [v.key for v in self.variants if not v.from_run]
-        keys += [v.from_run for v in self.variants if v.from_run and v.from_run not in keys]
-        return [VARIANTS[k] for k in VARIANTS if k in keys]
+    def trained(self) -> list[Arm]:
+        """The arms that train (a ``from_run`` row only reads its source run, trained for it if not listed)."""
+        keys = [v.key for v in self.arms if not v.from_run]
+        keys += [v.from_run for v in self.arms if v.from_run and v.from_run not in keys]
+        return [ARMS[k] for k in ARMS if k in keys]
 
     @property
     def teacher_name(self) -> str:
@@ -255,8 +256,7 @@ def finetuned_teacher(plan: Plan, task: str) -> tuple[str, float]:
     recipe = recipe_from_dict(compose_recipe(plan.scale, task, None, plan.settings))
     timing = plan.out / "teachers" / f"{task}.seconds.json"
     start = time.perf_counter()
-    path, metrics = finetune_teacher(recipe.teacher.pretrained, recipe.task, recipe.teacher.finetune,
-                                     plan.out / "teachers" / task, seed=recipe.seed)
+    path, metrics = finetune_teacher(recipe, plan.out / "teachers" / task)
     if not timing.is_file():
         write_json_atomic(timing, {"seconds": round(time.perf_counter() - start, 1)})
     log.info("teacher for %s: %s dev %s", task, path, metrics)
@@ -275,7 +275,7 @@ def distill(recipe_dict: dict[str, Any], run_dir: Path, shared: SharedResults) -
 
 
 def run_plan(plan: Plan) -> dict[str, Any]:
-    """Teachers, the shared GD student, every (task, variant) run, the speed ratio; returns the results dict."""
+    """Teachers, the shared GD student, every (task, arm) run, the speed ratio; returns the results dict."""
     started = time.perf_counter()
     after_gd = any(v.after_gd for v in plan.trained)
     for task in plan.tasks:  # every recipe is checked before any training starts
@@ -305,14 +305,14 @@ def run_plan(plan: Plan) -> dict[str, Any]:
 def measure_speed(plan: Plan, teachers: dict[str, dict], runs: dict[str, dict]) -> dict[str, Any]:
     """Student/teacher throughput with ``runtime.bench`` on exported ONNX models; ``{"error": ...}`` if it cannot.
 
-    Speed depends on shape, not weights, so one task's teacher and its last variant's student stand for all.
+    Speed depends on shape, not weights, so one task's teacher and its last arm's student stand for all.
     """
     task = plan.tasks[0]
     student_dir = runs[task][plan.trained[-1].key]["report"]["student"]["path"]
     b = plan.scale.bench
     try:
-        from runtime.bench import Timing, build_points, run_benchmark
-        from runtime.bench_models import ModelSpec, vocab_size
+        from runtime.bench.models import ModelSpec, vocab_size
+        from runtime.bench.timing import Timing, build_points, run_benchmark
         from runtime.export import ExportOptions, export
 
         exported = {}
@@ -361,7 +361,7 @@ def build_results(plan: Plan, teachers: dict[str, dict], runs: dict[str, dict], 
              "retention": 1.0 if t_avg else None, "speedup": 1.0 if "ratio" in speed else None,
              "train_seconds": round(sum(t["finetune_seconds"] for t in teachers.values()), 1)}]
     gd_seconds = sum(s["seconds"] for s in gd["report"]["stages"]) if gd else 0.0
-    for v in plan.variants:
+    for v in plan.arms:
         reports = {task: runs[task][v.from_run or v.key]["report"] for task in plan.tasks}
         ends = {task: reports[task]["pruned"] if v.from_run else reports[task]["student"] for task in plan.tasks}
         scores = {task: ends[task]["dev"].get(metrics[task]) for task in plan.tasks}
@@ -378,7 +378,7 @@ def build_results(plan: Plan, teachers: dict[str, dict], runs: dict[str, dict], 
                                            else None for t in plan.tasks},
                      "speedup": speed.get("ratio"),
                      "train_seconds": round(own + (gd_seconds if v.after_gd else 0.0), 1)})
-    trained_once = sum(st["seconds"] for by_variant in runs.values() for r in by_variant.values()
+    trained_once = sum(st["seconds"] for by_arm in runs.values() for r in by_arm.values()
                        for st in r["report"]["stages"] if st["name"] not in r["reused_stages"])
     return {
         "scale": plan.scale.name, "summary": plan.scale.summary, "tasks": plan.tasks, "metrics": metrics,
@@ -390,7 +390,7 @@ def build_results(plan: Plan, teachers: dict[str, dict], runs: dict[str, dict], 
         "teachers": teachers,
         "runs": {task: {k: {"path": str(plan.out / "runs" / task / k), "reused_stages": r["reused_stages"],
                             "seconds": r["seconds"], "stages": r["report"]["stages"]}
-                        for k, r in by_variant.items()} for task, by_variant in runs.items()},
+                        for k, r in by_arm.items()} for task, by_arm in runs.items()},
     }
 
 
@@ -432,8 +432,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     if results["gd"]:
         gd = results["gd"]["stage"]
         lines.append(f"| all | (c)-(e) | gd | {gd.get('steps', '-')} | - | {gd.get('seconds', '-')} |")
-    for task, by_variant in results["runs"].items():
-        for key, r in by_variant.items():
+    for task, by_arm in results["runs"].items():
+        for key, r in by_arm.items():
             for st in r["stages"]:
                 shared = " (reused)" if st["name"] in r["reused_stages"] else ""
                 lines.append(f"| {task} | ({key}) | {st['name']}{shared} | {st.get('steps', '-')} | "
@@ -486,10 +486,10 @@ def make_plan(args: argparse.Namespace, extra: list[str]) -> Plan:
     unknown = [t for t in tasks if t not in GLUE_TASKS]
     if unknown or not tasks:
         raise ReproduceError(f"unknown task {unknown[0] if unknown else '(none)'!r}; use --tasks with {', '.join(GLUE_TASKS)}")
-    keys = [k.strip() for k in args.variants.split(",") if k.strip()]
-    bad = [k for k in keys if k not in VARIANTS]
+    keys = [k.strip() for k in args.arms.split(",") if k.strip()]
+    bad = [k for k in keys if k not in ARMS]
     if bad or not keys:
-        raise ReproduceError(f"unknown variant {bad[0] if bad else '(none)'!r}; use --variants with {', '.join(VARIANTS)}")
+        raise ReproduceError(f"unknown arm {bad[0] if bad else '(none)'!r}; use --arms with {', '.join(ARMS)}")
     if scale.needs_cuda and not args.allow_cpu:
         import torch
 
@@ -498,7 +498,7 @@ def make_plan(args: argparse.Namespace, extra: list[str]) -> Plan:
                                  "(or --allow-cpu to run it anyway)")
     overrides = parse_overrides(extra)
     out = Path(args.output_dir).resolve()
-    return Plan(scale, tasks, [VARIANTS[k] for k in keys], out, resolve_teacher(scale, args.teacher, out), overrides,
+    return Plan(scale, tasks, [ARMS[k] for k in keys], out, resolve_teacher(scale, args.teacher, out), overrides,
                 glue_dir=args.glue_dir or _GLUE, corpus=args.corpus or _CORPUS)
 
 
@@ -508,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "e.g. --stages.tsd.epochs 3 --stages.gd.max_steps 1000")
     p.add_argument("--scale", choices=list(SCALES), default="demo")
     p.add_argument("--tasks", help="comma-separated GLUE tasks (default: the scale's)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
     p.add_argument("--output-dir", default=None, help="default: runs/reproduce-<scale>; rerun to resume")
     p.add_argument("--teacher", help="pretrained encoder (HF dir or hub id) instead of the scale's")
     p.add_argument("--glue-dir", help=f"GLUE folder with the standard TSVs (default: {_GLUE})")
@@ -523,12 +523,8 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
     args.output_dir = args.output_dir or f"runs/reproduce-{args.scale}"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        plan = make_plan(args, extra)
-        results = run_plan(plan)
-    except (ReproduceError, *USER_ERRORS) as exc:
-        print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
-        return 2
+    plan = make_plan(args, extra)
+    results = run_plan(plan)
     json_path, md_path = write_results(results, plan.out)
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path}")
@@ -536,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"updated {update_results_file(Path(args.results_md), results)}")
     return 0
 
+
+main = cli(main)
 
 if __name__ == "__main__":
     sys.exit(main())

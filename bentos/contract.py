@@ -2,7 +2,7 @@
 the OpenAPI document (/docs.json) lists every status the service answers with.
 
 BentoML writes error bodies in three shapes: ``{"error", "detail": [pydantic errors]}`` for a validation
-error, ``[{"error": ...}]`` (a one-item list: BentoML issue #4232) for any other 4xx ``BentoMLException``,
+error, ``[{"error": ...}]`` (a one-item list, BentoML's own shape) for any other 4xx ``BentoMLException``,
 and plain text for routing errors (405), while its published schema says ``{"error": string, "detail":
 string}`` and lists 400, 404 and 500 only. :class:`ContractMiddleware` rewrites error bodies into the one
 shape (2xx responses pass untouched, so the cost is one comparison per response) and adds this service's

@@ -35,13 +35,14 @@ from pathlib import Path
 from typing import Mapping
 
 from ernie_common.env import usable_cpus
+from ernie_common.errors import UserError
 
 GPU_BACKENDS = ("tensorrt", "cuda-graphs")  # runtime back ends that only run on a GPU
 CORES_PER_WORKER = 4  # default CPU cores per server process (see the module docstring)
 FLAGS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
-class ServiceConfigError(ValueError):
+class ServiceConfigError(UserError):
     """The serving environment is misconfigured; the message names the variable to fix."""
 
 

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from ernie_common.errors import cli
+
 DEFAULT_NAME = "ernie-tiny-classifier"
 
 
@@ -47,15 +49,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("model_dir", help="an HF classification directory or a runtime.export directory")
     parser.add_argument("--name", default=DEFAULT_NAME, help=f"model name in the store (default {DEFAULT_NAME})")
     args = parser.parse_args(argv)
+    print(store_model(args.model_dir, args.name))
+    return 0
+
+
+def _bentoml_errors() -> tuple[type[BaseException], ...]:
     from bentoml.exceptions import BentoMLException
 
-    try:
-        tag = store_model(args.model_dir, args.name)
-    except (BentoMLException, OSError, ValueError) as err:  # ModelDirError is a ValueError
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(tag)
-    return 0
+    return (BentoMLException,)
+
+
+main = cli(main, errors=_bentoml_errors())
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ from typing import Any
 import transformers
 import yaml
 
-from compressor.config import load_recipe, parse_overrides
 from compressor.data import HubUnreachable
-from compressor.distill import USER_ERRORS, finish, run
+from compressor.distill import print_report, run
+from compressor.recipe.schema import load_recipe, parse_overrides
+from ernie_common.errors import cli
 
 DEMO_RECIPE = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 HUB_BLOCKS = 40000
@@ -67,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the demo's data is not here and the hub is unreachable ({str(exc).split(' from ')[0]}): "
               f"put {' and '.join(where)}, or go online", file=sys.stderr)
         return 2
-    except USER_ERRORS as exc:
-        return finish(args.output_dir, exc)
-    return finish(args.output_dir)
+    return print_report(args.output_dir)
 
+
+main = cli(main)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,12 +4,12 @@ A recipe's stages run in order; each is (teacher, data, losses with weights, sch
 the previous stage's student. :func:`run` is the whole workflow, one step per line; each concern lives in
 its own module:
 
-* compressor/preflight.py: checks from configs alone, before any work;
-* compressor/runstate.py + fingerprint.py: the run folder's results, what each depends on, and whether it is
+* compressor/run/preflight.py: checks from configs alone, before any work;
+* compressor/run/runstate.py + fingerprint.py: the run folder's results, what each depends on, and whether it is
   reused, resumed or refused (one line naming what changed);
-* compressor/context.py: what the steps share, loaded once (tokenizer, data, teachers, dev evaluation);
-* compressor/finetune.py, stages.py: the steps that train (the teacher; the pruned start and each stage);
-* compressor/publish.py: ``final/`` and the report.
+* compressor/run/context.py: what the steps share, loaded once (tokenizer, data, teachers, dev evaluation);
+* compressor/run/finetune.py, stages.py: the steps that train (the teacher; the pruned start and each stage);
+* compressor/run/publish.py: ``final/`` and the report.
 
 The run directory holds ``teacher/`` (when fine-tuned here), ``pruned/`` (``student.init: pruned``), one folder
 per stage (student HF dir, ``projections.pt``, ``dev_metrics.json``, TensorBoard ``logs/``, ``fingerprint.json``
@@ -29,15 +29,14 @@ from typing import Any
 import transformers
 from transformers import TrainerCallback
 
-from compressor.config import ConfigError, Recipe, load_recipe
-from compressor.context import RunContext
-from compressor.data import DataError
-from compressor.preflight import DistillError, preflight
-from compressor.publish import publish_final, publish_report, teacher_dev
-from compressor.runstate import STAGE_MARKER, StaleError, Status, plan_run
-from compressor.stages import make_pruned_start, run_stage
-from compressor.student import StudentError
-from compressor.trainer import process_state
+from compressor.modeling.trainer import process_state
+from compressor.recipe.schema import Recipe, load_recipe
+from compressor.run.context import RunContext
+from compressor.run.preflight import preflight
+from compressor.run.publish import publish_final, publish_report, teacher_dev
+from compressor.run.runstate import STAGE_MARKER, Status, plan_run
+from compressor.run.stages import make_pruned_start, run_stage
+from ernie_common.errors import cli
 from ernie_common.io import read_json
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ def run(recipe: Recipe, output_dir: str | Path, callbacks: list[TrainerCallback]
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(recipe, out, list(callbacks or []))
-    ctx.finetuned()
+    ctx.train_teacher()
     teacher_dev(ctx)
     pruned = None
     if plan.pruned is not None:
@@ -72,14 +71,9 @@ def run(recipe: Recipe, output_dir: str | Path, callbacks: list[TrainerCallback]
 
 # --------------------------------------------------------------------------- CLI
 
-USER_ERRORS = (ConfigError, DataError, StudentError, DistillError, StaleError, OSError)
 
-
-def finish(output_dir: str | Path, error: BaseException | None = None) -> int:
-    """How the CLIs end: a user error on one line (exit 2), else the run's report from the main process."""
-    if error is not None:
-        print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
-        return 2
+def print_report(output_dir: str | Path) -> int:
+    """How the CLIs end after a run: the report, printed by the main process."""
     if process_state().is_main_process:
         print((Path(output_dir) / "report.md").read_text())
     return 0
@@ -95,12 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = p.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     transformers.logging.set_verbosity_warning()
-    try:
-        run(load_recipe(args.config, overrides), args.output_dir)
-    except USER_ERRORS as exc:
-        return finish(args.output_dir, exc)
-    return finish(args.output_dir)
+    run(load_recipe(args.config, overrides), args.output_dir)
+    return print_report(args.output_dir)
 
+
+main = cli(main)
 
 if __name__ == "__main__":
     sys.exit(main())

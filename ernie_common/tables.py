@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ernie_common.errors import UserError
+
 TABLE_SUFFIXES = (".tsv", ".csv")
 # GLUE folders whose files have no header row, with their columns (folder names as GLUE's download script writes them)
 HEADERLESS = {"CoLA": ("source", "label", "original_label", "sentence")}
@@ -28,7 +30,7 @@ LABEL_COLUMNS = ("label", "Quality", "score", "is_duplicate", "gold_label")
 COLUMN_HINT = "name the text column (two, comma-separated, for pairs)"
 
 
-class TableError(ValueError):
+class TableError(UserError):
     """A data file that cannot be read as asked; the message names the fix."""
 
 

@@ -13,11 +13,9 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from runtime.errors import BackendUnavailable
+from runtime.errors import GPU_EXTRA, TENSORRT_EXTRA, BackendUnavailable, gpu_available
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-GPU_EXTRA = "pip install 'ernie-tiny-compressor[gpu]' (onnxruntime-gpu, instead of onnxruntime) on a CUDA machine"
-TENSORRT_EXTRA = "pip install 'ernie-tiny-compressor[tensorrt]' on a machine with an NVIDIA GPU"
 
 
 @dataclass(frozen=True)
@@ -78,15 +76,6 @@ def _token_types(inputs: dict[str, np.ndarray]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- torch
 
 _TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
-def gpu_available() -> bool:
-    """True when torch sees a CUDA device (the GPU check that needs no GPU library to import)."""
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
 
 
 def _torch_model(model_dir_or_model, device: str, precision: str, threads: Threads | None):
@@ -170,7 +159,7 @@ def _tensorrt_ep_options(device_id: int, onnx_path: Path, cache_dir: str | Path 
     """ORT's TensorRT EP options: FP16, one explicit profile (batch 1..max_batch, sequence 1..max_seq) for every
     graph input, and an engine + timing cache (default: ``trt_cache/`` beside the model). Without the profile the
     EP builds an engine for the first shape it sees and rebuilds on every larger one, at request time; without
-    the cache every process start rebuilds it (optimum issue #657)."""
+    the cache every process start rebuilds it."""
     import onnx
 
     from runtime.tensorrt import profile_shapes

@@ -15,9 +15,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from runtime.backends import BACKENDS, TORCH_BACKENDS, Backend, Threads, gpu_available
+from runtime.backends import BACKENDS, TORCH_BACKENDS, Backend, Threads
 from runtime.encoding import Encoder
-from runtime.errors import BackendUnavailable, ModelDirError
+from runtime.errors import BackendUnavailable, ModelDirError, gpu_available
 
 MANIFEST = "manifest.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")

@@ -26,12 +26,20 @@ from pathlib import Path
 import numpy as np
 
 from ernie_common.env import library_versions
+from ernie_common.errors import UserError, cli
 from ernie_common.io import atomic_dir
 from ernie_common.tables import TableError, read_examples
 from runtime import backends
 from runtime.backends import BackendUnavailable, onnxruntime_backend, torch_backend
-from runtime.classifier import (MANIFEST, ModelDirError, check_tokenizer, labels_of, read_model_config,
-                                sha256_file, weights_file)
+from runtime.classifier import (
+    MANIFEST,
+    ModelDirError,
+    check_tokenizer,
+    labels_of,
+    read_model_config,
+    sha256_file,
+    weights_file,
+)
 from runtime.encoding import Encoder
 
 OPTIMIZE_LEVELS = ("O1", "O2", "O3", "O4")
@@ -87,7 +95,7 @@ BUILTIN_SENTENCES = (
 )
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError):
     """The export cannot go on (a tool failed, or a variant failed parity); the message says why and what to do."""
 
 
@@ -113,14 +121,14 @@ class ExportOptions:
 
     def __post_init__(self):
         if self.optimize is not None and self.optimize not in OPTIMIZE_LEVELS:
-            raise ValueError(f"--optimize must be one of {', '.join(OPTIMIZE_LEVELS)} (got {self.optimize!r})")
+            raise ExportError(f"--optimize must be one of {', '.join(OPTIMIZE_LEVELS)} (got {self.optimize!r})")
         if self.optimize == "O4":
             self.fp16 = True
         if self.max_batch < 1 or self.max_seq < 1:
-            raise ValueError("--max-batch and --max-seq must be >= 1")
+            raise ExportError("--max-batch and --max-seq must be >= 1")
         for name in ("min_agreement", "int8_min_agreement"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1")
+                raise ExportError(f"{name} must be between 0 and 1")
 
 
 # ------------------------------------------------------------------------------------------ sentences
@@ -329,7 +337,8 @@ def _verify(variant: str, path: Path, reference: Reference, options: ExportOptio
     """Parity of one ONNX variant against PyTorch, or an ExportError. An FP16 graph that cannot be checked
     here is recorded as not passed (status 'needs a GPU' / 'not verified'): ``Classifier``'s auto choice
     skips it."""
-    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, NotImplemented as OrtNotImplemented
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+    from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
 
     device = parity_device(variant)
     try:
@@ -504,19 +513,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        options = ExportOptions(
-            optimize=args.optimize, fp16=args.fp16, int8=args.int8, tensorrt=args.tensorrt,
-            max_batch=args.max_batch, max_seq=args.max_seq, pad_heads=args.pad_heads, opset=args.opset,
-            parity_data=args.parity_data, parity_limit=args.parity_limit, min_agreement=args.min_agreement,
-            int8_min_agreement=args.int8_min_agreement, overwrite=args.overwrite)
-        export(args.model_dir, args.out, options)
-    except (ModelDirError, BackendUnavailable, ExportError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    options = ExportOptions(
+        optimize=args.optimize, fp16=args.fp16, int8=args.int8, tensorrt=args.tensorrt,
+        max_batch=args.max_batch, max_seq=args.max_seq, pad_heads=args.pad_heads, opset=args.opset,
+        parity_data=args.parity_data, parity_limit=args.parity_limit, min_agreement=args.min_agreement,
+        int8_min_agreement=args.int8_min_agreement, overwrite=args.overwrite)
+    export(args.model_dir, args.out, options)
     print(f"wrote {args.out}/ ({MANIFEST} lists every file and its parity)")
     return 0
 
+
+main = cli(main)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ernie_common.io import write_atomic
-from runtime.backends import TENSORRT_EXTRA, BackendUnavailable
+from runtime.errors import TENSORRT_EXTRA, BackendUnavailable, gpu_available
 
 ENGINE_NAME = "model_fp16.engine"
 SETTINGS_NAME = "model_fp16.engine.json"
@@ -77,8 +77,6 @@ def require_tensorrt():
         import tensorrt as trt
     except ImportError:
         raise BackendUnavailable(f"tensorrt is not installed: {TENSORRT_EXTRA}") from None
-    from runtime.backends import gpu_available
-
     if not gpu_available():
         raise BackendUnavailable("TensorRT needs an NVIDIA GPU and a CUDA build of torch; none is visible here "
                                  "(use the onnxruntime back end on CPU)")

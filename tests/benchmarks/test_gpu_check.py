@@ -83,7 +83,7 @@ def test_fp16_split_layout_is_accepted(gpu_check, tiny_bert_dir, tmp_path):
 
 @pytest.mark.parametrize("tiny", [True, False])
 def test_distillation_recipe_is_valid_for_the_current_schema(gpu_check, shared_data, tiny):
-    from compressor.config import recipe_from_dict
+    from compressor.recipe.schema import recipe_from_dict
 
     recipe = recipe_from_dict(gpu_check.recipe(shared_data, tiny))
     assert [s.name for s in recipe.stages] == ["gd", "ged", "tad", "tsd"]

@@ -58,7 +58,7 @@ def test_table_has_teacher_and_five_students_with_measured_numbers(tiny_run, rep
     assert results["speed"]["teacher"]["throughput"] > 0 and results["speed"]["student"]["throughput"] > 0
 
     table = (out / "results.md").read_text()
-    for label in [v.label for v in reproduce.VARIANTS.values()] + ["teacher: "]:
+    for label in [v.label for v in reproduce.ARMS.values()] + ["teacher: "]:
         assert f"| {label}" in table
 
     published = (out / "RESULTS.md").read_text()
@@ -67,7 +67,7 @@ def test_table_has_teacher_and_five_students_with_measured_numbers(tiny_run, rep
 
 
 def _untrained_stages(out: Path) -> list[str]:
-    """``task/variant/stage`` of every stage whose student left it with exactly the weights it started from (the
+    """``task/arm/stage`` of every stage whose student left it with exactly the weights it started from (the
     previous stage's, the pruned start's or the GD checkpoint's): a stage that trained nothing."""
     from safetensors.torch import load_file
 
@@ -103,7 +103,7 @@ def test_a_planted_zero_learning_rate_fails_the_reproduction_check(reproduce, tm
                                                                   corpus_file, monkeypatch):
     """The check above can fail: with TSD's learning rate planted at zero, (c)'s TSD is found untrained."""
     monkeypatch.setattr(reproduce, "measure_speed", lambda *a, **k: {"error": "not measured in this test"})
-    assert reproduce.main(["--scale", "tiny", "--teacher", str(tiny_bert_dir), "--tasks", "sst2", "--variants", "c",
+    assert reproduce.main(["--scale", "tiny", "--teacher", str(tiny_bert_dir), "--tasks", "sst2", "--arms", "c",
                            "--output-dir", str(tmp_path), "--glue-dir", str(glue_dir), "--corpus", str(corpus_file),
                            "--stages.tsd.learning_rate", "0"]) == 0
     assert _untrained_stages(tmp_path) == ["sst2/c/tsd"]
@@ -157,20 +157,20 @@ SNAPSHOT = Path(__file__).with_name("reproduce_recipes.json")
 
 
 def test_the_overlays_compose_exactly_the_recipes_the_old_reproduce_built(reproduce):
-    """Every (scale, task, variant) recipe and the shared GD recipe, composed from compressor/configs/ overlays, equals
+    """Every (scale, task, arm) recipe and the shared GD recipe, composed from compressor/configs/ overlays, equals
     the dict the old in-Python config system built (reproduce_recipes.json, dumped from it), so tables measured with
     it stay reproducible."""
     snapshot = json.loads(SNAPSHOT.read_text())["recipes"]
     assert len(snapshot) == 3 * 4 * 9 + 9  # scales x tasks x (a-h and GD), and one run with command-line overrides
     for key, old in snapshot.items():
-        scale, task, variant = key.split("/")
+        scale, task, arm = key.split("/")
         overrides = {}
-        if variant.endswith("+overrides"):
-            variant = variant.removesuffix("+overrides")
+        if arm.endswith("+overrides"):
+            arm = arm.removesuffix("+overrides")
             overrides = reproduce.parse_overrides(["--stages.tsd.epochs", "3", "--stages.gd.max_steps", "7", "--seed", "5"])
         plan = reproduce.Plan(reproduce.SCALES[scale], [task], [], Path("<out>"), "<teacher>", overrides,
                               glue_dir="<glue>", corpus="<corpus>")
-        v = reproduce.GD if variant == "gd" else reproduce.VARIANTS[variant]
+        v = reproduce.GD if arm == "gd" else reproduce.ARMS[arm]
         new = reproduce.compose_recipe(plan.scale, task, v, plan.settings, str(plan.out / "teachers" / task),
                                        str(plan.out / "gd" / reproduce.GD_STAGE))
         assert new == old, key
@@ -178,7 +178,7 @@ def test_the_overlays_compose_exactly_the_recipes_the_old_reproduce_built(reprod
 
 @pytest.mark.parametrize("args, expected", [
     (["--tasks", "sst2,nope"], "unknown task 'nope'"),
-    (["--variants", "a,z"], "unknown variant 'z'"),
+    (["--arms", "a,z"], "unknown arm 'z'"),
     (["--scale", "tiny"], "needs --teacher"),
     (["--stages.tsd.bogus", "1", "--teacher", "x"], "unknown key"),
 ])

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, MPNetConfig, MPNetModel
 
-from compressor.attention import forward_with_attentions, self_attention_modules
+from compressor.modeling.attention import forward_with_attentions, self_attention_modules
 
 
 def _model(kind: str):
@@ -36,7 +36,7 @@ def test_chosen_layers_maps_equal_output_attentions_and_others_are_none(kind, ti
         ref = eager(**batch, output_attentions=True, output_hidden_states=True)
         out = forward_with_attentions(model, [2], **batch, output_hidden_states=True)
     assert out.attentions[0] is None and out.attentions[2] is None
-    torch.testing.assert_close(out.attentions[1], ref.attentions[1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.attentions[1], ref.attentions[1], rtol=0, atol=1e-5)
     torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, rtol=1e-5, atol=1e-5)
     # the hooks are gone: a plain call returns no maps
     assert model(**batch).attentions is None

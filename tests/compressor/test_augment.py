@@ -9,12 +9,19 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, DataCollatorWithPadding
 
-from compressor import augment
-from compressor.config import (AugmentConfig, ConfigError, GeneralDataConfig, MLMConfig, TaskConfig, TransferConfig,
-                               load_recipe)
-from compressor.data import DataError, load_task_data
-from compressor.losses import NO_LABEL, hard_label_ce
-from compressor.tasks import GLUE_TASKS
+from compressor.data import DataError, augment
+from compressor.data.task_data import load_task_data
+from compressor.modeling.losses import NO_LABEL, hard_label_ce
+from compressor.recipe.schema import (
+    AugmentConfig,
+    ConfigError,
+    GeneralDataConfig,
+    MLMConfig,
+    TaskConfig,
+    TransferConfig,
+    load_recipe,
+)
+from compressor.recipe.tasks import GLUE_TASKS
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +150,7 @@ def test_bad_augment_and_prune_keys_are_one_line_config_errors(tmp_path, tiny_re
 
 def test_collated_mixed_batches_keep_no_label_rows(sst2_train, tiny_bert_dir, corpus_file, tmp_path):
     """Task rows and augmented rows concatenate into one dataset whose batches carry NO_LABEL for augmented rows."""
-    from compressor.data import tokenize_task
+    from compressor.data.task_data import tokenize_task
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
     extra = augment.build(AugmentConfig(transfer=TransferConfig(max_examples=8)), sst2_train, GLUE_TASKS["sst2"],

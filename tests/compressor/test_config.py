@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from compressor.config import ConfigError, apply_overrides, load_recipe, parse_overrides
+from compressor.recipe.schema import ConfigError, apply_overrides, load_recipe, parse_overrides
 
 CONFIGS = Path(__file__).resolve().parents[2] / "compressor" / "configs"
 
@@ -167,7 +167,7 @@ def test_a_stage_list_in_an_overlay_is_the_new_list_with_each_stage_inherited_by
 
 
 def test_overlays_apply_in_order_and_the_composed_dict_is_plain_data(tmp_path):
-    from compressor.config import compose
+    from compressor.recipe.schema import compose
 
     first, second = {"seed": 1, "stages": {"gd": {"max_steps": 20}}}, {"seed": 2}
     data = compose(*_files(tmp_path, BASE, first, second), {"stages.gd.max_steps": 30})
@@ -193,16 +193,19 @@ def test_bad_overlays_are_one_line_naming_the_file(tmp_path, overlay, message):
 
 
 @pytest.mark.parametrize("task", ["sst2", "mrpc", "cola", "stsb"])
-def test_shipped_scales_and_variants_compose_with_the_paper_recipes(task, glue_dir, corpus_file, tiny_bert_dir):
+def test_shipped_scales_and_arms_compose_with_the_paper_recipes(task, glue_dir, corpus_file, tiny_bert_dir):
     """Every shipped overlay lays over a paper recipe into a valid recipe (data paths pointed at the real folder)."""
     data = {"task.glue_dir": str(glue_dir), "general.files": [str(corpus_file)], "teacher.pretrained": str(tiny_bert_dir)}
+    composed = 0
     for scale in sorted((CONFIGS / "scales").glob("*.yaml")):
         per_task = CONFIGS / "scales" / scale.stem / f"{task}.yaml"
         layers = [CONFIGS / f"{task}.yaml", scale, *([per_task] if per_task.is_file() else [])]
-        for variant in sorted((CONFIGS / "variants").glob("*.yaml")):
-            start = {"student.checkpoint": str(tiny_bert_dir)} if variant.stem in "cde" else {}
-            recipe = load_recipe([*layers, variant], {**data, **start})
+        for arm in sorted((CONFIGS / "arms").glob("*.yaml")):
+            start = {"student.checkpoint": str(tiny_bert_dir)} if arm.stem in "cde" else {}
+            recipe = load_recipe([*layers, arm], {**data, **start})
             assert recipe.stages and recipe.task.name == task
+            composed += 1
+    assert composed >= 2 * 9, composed  # the scales times the ablation's rows: a moved folder is not skipped
 
 
 def test_overrides_never_share_a_value_between_recipes():

@@ -3,19 +3,20 @@ from __future__ import annotations
 
 import gzip
 import json
-from pathlib import Path
 from collections import Counter
+from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from compressor.config import GeneralDataConfig, TaskConfig
-from compressor.data import (DataError, general_corpus, load_task_data, packed_path, task_spec,
-                             tokenize_task)
-from compressor.metrics import compute_metrics
-from compressor.tasks import GLUE_TASKS
+from compressor.data import DataError
+from compressor.data.corpus import general_corpus, packed_path
+from compressor.data.task_data import load_task_data, task_spec, tokenize_task
+from compressor.modeling.metrics import compute_metrics
+from compressor.recipe.schema import GeneralDataConfig, TaskConfig
+from compressor.recipe.tasks import GLUE_TASKS
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +189,7 @@ def test_metrics_against_hand_values():
 
 
 def test_packing_ahead_of_a_torchrun_job_from_the_command_line(tmp_path, capsys, tiny_bert_dir, tiny_recipe, write_recipe):
-    from compressor.data import main
+    from compressor.data.__main__ import main
 
     config = write_recipe(tmp_path, tiny_recipe(tiny_bert_dir))
     assert main(["--config", str(config), "--general.max_blocks", "50"]) == 0

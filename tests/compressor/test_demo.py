@@ -7,13 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import datasets
-import pytest
 import yaml
 from transformers import AutoTokenizer
 
 from compressor import demo
-from compressor.config import load_recipe
-from compressor.data import general_corpus, load_task_data
+from compressor.data.corpus import general_corpus
+from compressor.data.task_data import load_task_data
+from compressor.recipe.schema import load_recipe
 
 
 def _demo_recipe(tmp_path: Path, glue_dir, corpus) -> Path:

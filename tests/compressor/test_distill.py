@@ -18,11 +18,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-from compressor.config import load_recipe
-from compressor.data import load_task_data, tokenize_task
+from compressor.data.task_data import load_task_data, tokenize_task
 from compressor.distill import main, run
-from compressor.runstate import STAGE_MARKER
-from compressor.trainer import DistillationCallback
+from compressor.modeling.trainer import DistillationCallback
+from compressor.recipe.schema import load_recipe
+from compressor.run.runstate import STAGE_MARKER
 
 pytestmark = pytest.mark.slow
 LATENT = ["attention", "embedding", "hidden"]
@@ -163,13 +163,23 @@ def test_run_directory_report_and_final_student(resumed_run, glue_dir):
     assert (out / "report.md").read_text().startswith("# Distillation report: sst2")
     assert (out / "dev_by_stage.png").read_bytes()[:4] == b"\x89PNG"
     # final/ is the reported student: anyone's pipeline over the dev slice gets the report's accuracy
-    assert _pipeline_metric(out / "final", recipe.task) == pytest.approx(on_disk["student"]["dev"]["accuracy"])
+    assert _pipeline_metric(out / "final", recipe.task) == pytest.approx(on_disk["student"]["dev"]["accuracy"],
+                                                                         abs=_same_model_tolerance("accuracy", recipe))
+
+
+def _same_model_tolerance(metric: str, recipe) -> float:
+    """How far the pipeline's metric may be from the report's when both measure the same model: the pipeline
+    runs one example at a time, the report padded batches, so logits differ in the last float32 bits (by CPU
+    model too). A correlation moves by about 1e-5 from that (1.6e-5 seen); an accuracy can only move if a
+    near-tie flips, one example. Another model (the wrong checkpoint, an untrained head) moves either by far
+    more."""
+    return 1e-3 if metric in ("pearson", "spearmanr", "matthews_correlation") else 1.0 / recipe.task.max_eval_samples
 
 
 def _pipeline_metric(model_dir: Path, task_cfg) -> float:
     """The task's main dev metric of ``pipeline("text-classification")`` on the recipe's dev slice."""
-    from compressor.data import task_spec
-    from compressor.metrics import compute_metrics
+    from compressor.data.task_data import task_spec
+    from compressor.modeling.metrics import compute_metrics
 
     task = task_spec(task_cfg)
     dev = load_task_data(task_cfg)["validation"]
@@ -197,7 +207,8 @@ def test_pairs_and_regression_through_four_stages(tmp_path, tiny_encoder_dir, ti
     else:
         assert final.config.id2label == {0: "not_equivalent", 1: "equivalent"}
     # sentence pairs go through anyone's pipeline as pairs: it reproduces the report's dev metric
-    assert _pipeline_metric(tmp_path / "run" / "final", recipe.task) == pytest.approx(report["student"]["dev"][metric], abs=1e-5)
+    assert _pipeline_metric(tmp_path / "run" / "final", recipe.task) == pytest.approx(report["student"]["dev"][metric],
+                                                                                       abs=_same_model_tolerance(metric, recipe))
 
 
 def _one_line_error(capsys) -> str:
@@ -276,7 +287,7 @@ def test_a_pruned_student_with_a_transfer_set_through_the_task_stages(tmp_path, 
                                                                       write_recipe, glue_dir):
     """student.init: pruned from the fine-tuned teacher; TAD and TSD train on task rows plus transfer sentences,
     which carry no gold label (NO_LABEL) while every task row keeps its own; the pruned start is in the report."""
-    from compressor.losses import NO_LABEL
+    from compressor.modeling.losses import NO_LABEL
 
     data = tiny_recipe(tiny_encoder_dir, general_steps=2, train_samples=32)
     data["student"] = {"num_hidden_layers": 1, "hidden_size": 24, "intermediate_size": 48, "num_attention_heads": 4,
@@ -313,8 +324,8 @@ def test_teacher_dev_metrics_run_on_the_training_device_once(tmp_path, tiny_bert
     """The teacher is evaluated where training runs (CUDA on a GPU machine), not on the CPU it was loaded on, and
     once: a rerun reads ``teacher_dev.json``. Here the training device is faked as ``meta`` and evaluation is
     replaced by a probe of the model's device."""
-    from compressor import context
-    from compressor.publish import teacher_dev
+    from compressor.run import context
+    from compressor.run.publish import teacher_dev
 
     recipe = load_recipe(write_recipe(tmp_path, tiny_recipe(tiny_bert_dir, finetuned=tiny_bert_dir)))
     (tmp_path / "run").mkdir()
@@ -372,7 +383,7 @@ def test_a_killed_general_stage_resumes_at_its_position_without_rereading_the_co
 DDP_DRIVER = """
 import json, os, sys
 import compressor.distill as distill
-from compressor.trainer import DistillationCallback
+from compressor.modeling.trainer import DistillationCallback
 
 class Rows(DistillationCallback):
     rows = {}

@@ -7,16 +7,17 @@ import sys
 
 from transformers import AutoModelForSequenceClassification
 
-from compressor.config import FinetuneConfig, TaskConfig
-from compressor.finetune import finetune_teacher, label_maps
-from compressor.tasks import GLUE_TASKS
+from compressor.recipe.schema import FinetuneConfig, Recipe, TaskConfig, TeacherConfig
+from compressor.recipe.tasks import GLUE_TASKS, label_maps
+from compressor.run.finetune import finetune_teacher
 from runtime.classifier import is_pair_task
 
 
 def test_finetune_writes_a_labelled_classifier_and_is_reused(tmp_path, tiny_bert_dir, glue_dir):
     task = TaskConfig(name="cola", glue_dir=str(glue_dir), max_train_samples=64, max_eval_samples=64)
     ft = FinetuneConfig(epochs=1, batch_size=16, max_seq_length=32, learning_rate=1e-3)
-    path, metrics = finetune_teacher(str(tiny_bert_dir), task, ft, tmp_path / "teacher", report_to=[])
+    recipe = Recipe(task=task, teacher=TeacherConfig(pretrained=str(tiny_bert_dir), finetune=ft))
+    path, metrics = finetune_teacher(recipe, tmp_path / "teacher", report_to=[])
     assert set(metrics) >= {"matthews_correlation", "accuracy"}
     model = AutoModelForSequenceClassification.from_pretrained(path)
     assert model.config.id2label == {0: "unacceptable", 1: "acceptable"}
@@ -25,7 +26,7 @@ def test_finetune_writes_a_labelled_classifier_and_is_reused(tmp_path, tiny_bert
     assert json.loads((tmp_path / "teacher" / "dev_metrics.json").read_text()) == metrics
     assert not (tmp_path / "teacher" / "checkpoints").exists()
     mtime = (tmp_path / "teacher" / "model.safetensors").stat().st_mtime
-    assert finetune_teacher(str(tiny_bert_dir), task, ft, tmp_path / "teacher")[1] == metrics
+    assert finetune_teacher(recipe, tmp_path / "teacher")[1] == metrics
     assert (tmp_path / "teacher" / "model.safetensors").stat().st_mtime == mtime
 
 
@@ -43,7 +44,7 @@ def test_label_maps_write_the_input_kind_that_runtime_reads():
     know) is still read as a pair task."""
     from transformers import BertConfig
 
-    from compressor.tasks import Task
+    from compressor.recipe.tasks import Task
 
     custom_pair = Task("custom", "", ("question", "answer"), "label", ("no", "yes"), "accuracy")
     for task in [*GLUE_TASKS.values(), custom_pair]:

@@ -7,8 +7,19 @@ import pytest
 import torch
 from torch import nn
 
-from compressor.losses import (LOSSES, LossContext, Outputs, attention_kl, hard_label_ce, masked_mse, merge_heads,
-                               needs, regression_mse, soft_label_kl, weighted_losses)
+from compressor.modeling.losses import (
+    LOSSES,
+    LossContext,
+    Outputs,
+    attention_kl,
+    hard_label_ce,
+    masked_mse,
+    merge_heads,
+    needs,
+    regression_mse,
+    soft_label_kl,
+    weighted_losses,
+)
 
 
 def test_masked_mse_ignores_padding():
@@ -25,14 +36,14 @@ def test_attention_kl_by_hand():
     student = torch.tensor([[[[0.25, 0.75], [0.5, 0.5]]]])
     row1 = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
     row2 = 1.0 * math.log(1.0 / 0.5)  # the 0 * log(0 / 0.5) term is 0
-    assert attention_kl(student, teacher, torch.tensor([[1, 1]])).item() == pytest.approx((row1 + row2) / 2, rel=1e-6)
+    assert attention_kl(student, teacher, torch.tensor([[1, 1]])).item() == pytest.approx((row1 + row2) / 2, rel=1e-5)
 
 
 def test_attention_kl_masks_padded_queries_and_keys():
     # token 1 is padding: only query row 0 counts, and its key 1 carries no teacher probability
     teacher = torch.tensor([[[[1.0, 0.0], [0.3, 0.7]]]])
     student = torch.tensor([[[[0.8, 0.2], [0.9, 0.1]]]])
-    assert attention_kl(student, teacher, torch.tensor([[1, 0]])).item() == pytest.approx(math.log(1 / 0.8), rel=1e-6)
+    assert attention_kl(student, teacher, torch.tensor([[1, 0]])).item() == pytest.approx(math.log(1 / 0.8), rel=1e-5)
 
 
 def test_attention_kl_is_zero_for_identical_maps_and_handles_head_mismatch():
@@ -48,11 +59,11 @@ def test_soft_label_kl_by_hand():
     student = torch.tensor([[0.0, 0.0]])
     teacher = torch.tensor([[math.log(3.0), 0.0]])  # softmax = [0.75, 0.25]
     t1 = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
-    assert soft_label_kl(student, teacher, 1.0).item() == pytest.approx(t1, rel=1e-6)
+    assert soft_label_kl(student, teacher, 1.0).item() == pytest.approx(t1, rel=1e-5)
     # T = 2: teacher logits / 2 = [ln(3)/2, 0] -> p = [sqrt3, 1] / (sqrt3 + 1); the loss is scaled by T^2 = 4
     p = math.sqrt(3) / (math.sqrt(3) + 1)
     t2 = p * math.log(p / 0.5) + (1 - p) * math.log((1 - p) / 0.5)
-    assert soft_label_kl(student, teacher, 2.0).item() == pytest.approx(4 * t2, rel=1e-6)
+    assert soft_label_kl(student, teacher, 2.0).item() == pytest.approx(4 * t2, rel=1e-5)
 
 
 def test_hard_label_and_regression_by_hand():
@@ -86,7 +97,7 @@ def test_weighted_sum_and_what_each_loss_needs():
     parts = weighted_losses({"soft": 2.0, "hard": 0.5, "hidden": 0.0}, s, t, _ctx(labels=torch.tensor([0])))
     soft = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
     assert set(parts) == {"soft", "hard", "loss"}
-    assert parts["loss"].item() == pytest.approx(2 * soft + 0.5 * -math.log(0.5), rel=1e-6)
+    assert parts["loss"].item() == pytest.approx(2 * soft + 0.5 * -math.log(0.5), rel=1e-5)
     assert needs({"soft": 1, "hard": 1}) == {"logits"}
     assert needs({"hidden": 1, "attention": 1, "embedding": 0}) == {"hidden_states", "attentions"}
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, BertConfig, BertTokenizerFast, DistilBertConfig
 
-from compressor.config import load_recipe
 from compressor.distill import main, run
-from compressor.preflight import DistillError, preflight
+from compressor.recipe.schema import load_recipe
+from compressor.run import DistillError
+from compressor.run.preflight import preflight
 
 SST2_LABELS = {"num_labels": 2, "id2label": {0: "negative", 1: "positive"}, "label2id": {"negative": 0, "positive": 1}}
 

@@ -5,14 +5,22 @@ import json
 
 import pytest
 import torch
-from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification,
-                          BertModel, MPNetConfig, MPNetForSequenceClassification, pipeline)
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+    MPNetConfig,
+    MPNetForSequenceClassification,
+    pipeline,
+)
 
-from compressor.config import PruneConfig, StudentConfig
-from compressor.prune import (ARCHS, IMPORTANCE_MARGIN, PruneError, Shape, cut, measure, plan_from, prune,
-                              student_config)
-from compressor.student import layer_map_for, prune_student
-from compressor.tasks import GLUE_TASKS
+from compressor.modeling import StudentError
+from compressor.modeling.prune import ARCHS, IMPORTANCE_MARGIN, Shape, cut, measure, plan_from, prune, student_config
+from compressor.modeling.student import layer_map_for, prune_student
+from compressor.recipe.schema import PruneConfig, StudentConfig
+from compressor.recipe.tasks import GLUE_TASKS
 
 LABELS = {"num_labels": 2, "id2label": {0: "negative", 1: "positive"}, "label2id": {"negative": 0, "positive": 1}}
 
@@ -180,7 +188,7 @@ def test_an_mpnet_teacher_prunes_into_an_mpnet_student():
 
 
 def test_a_student_larger_than_its_teacher_is_refused_with_the_fix():
-    with pytest.raises(PruneError, match=r"student.hidden_size 48 exceeds the teacher's 32.*init: random"):
+    with pytest.raises(StudentError, match=r"student.hidden_size 48 exceeds the teacher's 32.*init: random"):
         prune(_bert(), Shape(2, 48, 64, 4), _batches(), dict(LABELS))
 
 

@@ -1,4 +1,4 @@
-"""A run folder's results are reused only under the inputs they were made from (compressor/runstate.py).
+"""A run folder's results are reused only under the inputs they were made from (compressor/run/runstate.py).
 
 For each kind of input (task slice and data, teachers, teacher settings, student shape, corpus, seed, stage
 settings, a resumed stage's batch size): changed -> refused with one line naming what changed, before any
@@ -15,11 +15,11 @@ from types import SimpleNamespace
 import pytest
 from transformers import AutoModelForSequenceClassification
 
-from compressor.config import recipe_from_dict
 from compressor.distill import main, run
-from compressor.finetune import finetune_teacher
-from compressor.runstate import FINGERPRINT_FILE, STAGE_MARKER, StaleError
-from compressor.trainer import DistillationCallback
+from compressor.modeling.trainer import DistillationCallback
+from compressor.recipe.schema import recipe_from_dict
+from compressor.run.finetune import finetune_teacher
+from compressor.run.runstate import FINGERPRINT_FILE, STAGE_MARKER, StaleError
 
 pytestmark = pytest.mark.slow
 
@@ -243,12 +243,11 @@ def test_finetune_on_its_own_refuses_a_teacher_made_under_other_settings(finishe
     recipe = _recipe(finished_with_teacher.data)
     moved = tmp_path / "teacher"
     shutil.copytree(finished_with_teacher.out / "teacher", moved)
-    t = recipe.teacher
-    assert finetune_teacher(t.pretrained, recipe.task, t.finetune, moved, seed=recipe.seed)[0] == str(moved)
-    other = copy.deepcopy(t.finetune)
-    other.learning_rate = 5e-4
+    assert finetune_teacher(recipe, moved)[0] == str(moved)
+    other = copy.deepcopy(recipe)
+    other.teacher.finetune.learning_rate = 5e-4
     with pytest.raises(StaleError, match=r"teacher.finetune.learning_rate: 0.001 -> 0.0005"):
-        finetune_teacher(t.pretrained, recipe.task, other, moved, seed=recipe.seed)
+        finetune_teacher(other, moved)
 
 
 @pytest.fixture(scope="module")

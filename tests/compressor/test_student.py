@@ -6,10 +6,17 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
-from compressor.config import StudentConfig
-from compressor.student import (PROJECTIONS_FILE, StudentError, build_student, labels_match, layer_map,
-                                make_projections, projections_for)
-from compressor.tasks import GLUE_TASKS
+from compressor.modeling import StudentError
+from compressor.modeling.student import (
+    PROJECTIONS_FILE,
+    build_student,
+    labels_match,
+    layer_map,
+    make_projections,
+    projections_for,
+)
+from compressor.recipe.schema import StudentConfig
+from compressor.recipe.tasks import GLUE_TASKS
 
 
 @pytest.mark.parametrize("m, n, expected", [(4, 12, [3, 6, 9, 12]), (4, 6, [2, 3, 5, 6]), (4, 2, [1, 1, 2, 2]),

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import bench
 from ernie_common.params import count_params
-from runtime.bench_models import ModelSpec, arch_config
+from runtime.bench import timing as bench
+from runtime.bench.models import ModelSpec, arch_config
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--warmup", "1", "--iters", "6", "--min-iters", "3", "--max-time", "10", "--threads", "1"]
@@ -170,7 +170,7 @@ def _cuda() -> bool:
 @pytest.mark.gpu
 @pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU (CUDA graphs, FP16)")
 def test_cuda_graphs_replay_matches_eager_per_shape(tiny_bert_dir):
-    from runtime.bench_models import load_runner
+    from runtime.bench.models import load_runner
 
     spec = ModelSpec("student", str(tiny_bert_dir), False, "torch", device="cuda", precision="fp32")
     eager, _ = load_runner(spec)
@@ -186,7 +186,7 @@ def test_cuda_graphs_replay_matches_eager_per_shape(tiny_bert_dir):
 @pytest.mark.gpu
 @pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU (torch.compile with CUDA graphs)")
 def test_torch_compile_runner_matches_eager_per_shape(tiny_bert_dir):
-    from runtime.bench_models import load_runner
+    from runtime.bench.models import load_runner
 
     spec = ModelSpec("student", str(tiny_bert_dir), False, "torch", device="cuda", precision="fp32")
     eager, _ = load_runner(spec)
@@ -214,7 +214,8 @@ def test_tensorrt_export_dir_is_benched_within_its_engine_profile(monkeypatch, t
     from fake_tensorrt import install, make_fake_tensorrt
 
     from runtime.backends import onnxruntime_backend
-    from runtime.bench_models import BenchModelError, load_runner
+    from runtime.bench import BenchError
+    from runtime.bench.models import load_runner
     from runtime.export import ExportOptions, export
 
     install(monkeypatch, make_fake_tensorrt(10))
@@ -225,6 +226,6 @@ def test_tensorrt_export_dir_is_benched_within_its_engine_profile(monkeypatch, t
     batch = bench.synthetic_batch(8, 16, 30522, seed=3)
     np.testing.assert_allclose(runner(batch), onnxruntime_backend(out / "model.onnx")(batch), atol=1e-5)
     assert info["variant"] == "tensorrt"
-    with pytest.raises(BenchModelError, match=r"sequence 128 .* --max-seq 128") as err:
+    with pytest.raises(BenchError, match=r"sequence 128 .* --max-seq 128") as err:
         runner(bench.synthetic_batch(2, 128, 30522))
     assert "\n" not in str(err.value)

@@ -7,10 +7,17 @@ import threading
 
 import numpy as np
 import pytest
-
 from fake_tensorrt import fake_logits, install, make_fake_tensorrt
+
 from runtime.backends import BackendUnavailable, gpu_available, tensorrt_backend
-from runtime.tensorrt import ENGINE_NAME, SETTINGS_NAME, TIMING_CACHE_NAME, build_engine, profile_shapes, require_tensorrt
+from runtime.tensorrt import (
+    ENGINE_NAME,
+    SETTINGS_NAME,
+    TIMING_CACHE_NAME,
+    build_engine,
+    profile_shapes,
+    require_tensorrt,
+)
 
 INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 

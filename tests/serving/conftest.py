@@ -1,27 +1,15 @@
 """Fixtures for the HTTP tests: a real `bentoml serve` on a free loopback port, stopped by its PID."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
+from bentos.local import bento_server
 from ernie_common.tables import read_examples
 
-REPO = Path(__file__).resolve().parents[2]
 # one worker with one thread starts fastest; on shared cores more threads only wait for each other
 SERVER_ENV = {"COMPRESSOR_WORKERS": "1", "COMPRESSOR_THREADS": "1"}
-
-
-@pytest.fixture(scope="session")
-def serve_load():
-    """benchmarks/serve_load.py as a module: it owns the server launcher and the bounded load client."""
-    spec = importlib.util.spec_from_file_location("serve_load", REPO / "benchmarks" / "serve_load.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")
@@ -56,9 +44,9 @@ def server_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def tiny_server(serve_load, tiny_dir, tmp_path_factory):
+def tiny_server(tiny_dir, tmp_path_factory):
     """The service on the tiny random BERT (input kind unknown: texts and pairs both accepted), two workers
     as on a 2-core machine, small per-request limit so 'too many items' is cheap to send."""
-    with serve_load.bento_server(tiny_dir, env={**SERVER_ENV, "COMPRESSOR_WORKERS": "2", "COMPRESSOR_MAX_ITEMS": "16"},
+    with bento_server(tiny_dir, env={**SERVER_ENV, "COMPRESSOR_WORKERS": "2", "COMPRESSOR_MAX_ITEMS": "16"},
                                  log_dir=tmp_path_factory.mktemp("serve_tiny")) as server:
         yield server

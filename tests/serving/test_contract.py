@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bentos.local import batch_histogram, bento_server
+
 SCHEMATHESIS = [sys.executable, "-m", "schemathesis.cli"]
 
 
@@ -22,15 +24,15 @@ def post(server, path: str, body) -> httpx.Response:
                       timeout=60, trust_env=False)
 
 
-def test_a_megabyte_text_is_refused_at_once_and_never_reaches_the_model(tiny_server, serve_load):
-    calls_before = serve_load.batch_histogram(tiny_server.url)[1]
+def test_a_megabyte_text_is_refused_at_once_and_never_reaches_the_model(tiny_server):
+    calls_before = batch_histogram(tiny_server.url)[1]
     start = time.perf_counter()
     response = post(tiny_server, "/classify", {"texts": ["a fine film", "x" * 1_000_000]})
     elapsed = time.perf_counter() - start
     assert response.status_code == 422, response.text
     assert "texts.1" in response.json()["error"] and "COMPRESSOR_MAX_CHARS" in response.json()["error"]
     assert elapsed < 1.0, f"{elapsed:.2f} s"
-    assert serve_load.batch_histogram(tiny_server.url)[1] == calls_before  # no model call for it
+    assert batch_histogram(tiny_server.url)[1] == calls_before  # no model call for it
 
 
 def test_a_body_larger_than_any_valid_request_is_refused_unread(tiny_server):
@@ -69,15 +71,16 @@ def test_schema_fuzzer_finds_no_contract_failure(tiny_server, tmp_path):
 def trained(tiny_bert_dir, glue_dir, tmp_path_factory) -> dict[str, Path]:
     """A single-text (SST-2) and a pair (MRPC) classifier fine-tuned by compressor.finetune: their configs
     are written by the package (label_maps), nothing added by hand."""
-    from compressor.config import FinetuneConfig, TaskConfig
-    from compressor.finetune import finetune_teacher
+    from compressor.recipe.schema import FinetuneConfig, Recipe, TaskConfig, TeacherConfig
+    from compressor.run.finetune import finetune_teacher
 
     out = tmp_path_factory.mktemp("trained")
     models = {}
     for task in ("sst2", "mrpc"):
         cfg = TaskConfig(name=task, glue_dir=str(glue_dir), max_train_samples=32, max_eval_samples=32)
-        path, _ = finetune_teacher(str(tiny_bert_dir), cfg, FinetuneConfig(epochs=1, batch_size=16, max_seq_length=32),
-                                   out / task, report_to=[])
+        ft = FinetuneConfig(epochs=1, batch_size=16, max_seq_length=32)
+        recipe = Recipe(task=cfg, teacher=TeacherConfig(pretrained=str(tiny_bert_dir), finetune=ft))
+        path, _ = finetune_teacher(recipe, out / task, report_to=[])
         shutil.rmtree(Path(path) / "logs", ignore_errors=True)
         models[task] = Path(path)
     return models
@@ -87,9 +90,9 @@ def trained(tiny_bert_dir, glue_dir, tmp_path_factory) -> dict[str, Path]:
     ("sst2", {"pairs": [["a film", "a movie"]]}, {"texts": ["a film"]}, '"texts"'),
     ("mrpc", {"texts": ["a film"]}, {"pairs": [["a film", "a movie"]]}, '"pairs"'),
 ])
-def test_package_trained_models_refuse_the_other_input_kind(trained, serve_load, server_env, tmp_path, task,
+def test_package_trained_models_refuse_the_other_input_kind(trained, server_env, tmp_path, task,
                                                             refused, accepted, wanted_key):
-    with serve_load.bento_server(trained[task], env=server_env, log_dir=tmp_path) as server:
+    with bento_server(trained[task], env=server_env, log_dir=tmp_path) as server:
         wrong = post(server, "/classify", refused)
         right = post(server, "/classify", accepted)
         info = post(server, "/model_info", {}).json()

@@ -11,7 +11,7 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, EvalPrediction
 
-from compressor.tasks import Task
+from compressor.recipe.tasks import Task
 
 
 def compute_metrics(task: Task, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:

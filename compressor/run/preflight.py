@@ -13,15 +13,13 @@ from typing import Any, Callable
 
 from transformers import AutoConfig, AutoTokenizer
 
-from compressor.config import Recipe
-from compressor.data import task_spec
-from compressor.prune import PruneError, Shape, arch_of, check_shape
-from compressor.student import StudentError, check_checkpoint, check_teacher_layers, labels_match
-from compressor.tasks import Task
-
-
-class DistillError(ValueError):
-    """A run that cannot go ahead as configured (e.g. a teacher trained for other labels); one line."""
+from compressor.data.task_data import task_spec
+from compressor.modeling import StudentError
+from compressor.modeling.prune import Shape, arch_of, check_shape
+from compressor.modeling.student import check_checkpoint, check_teacher_layers, labels_match
+from compressor.recipe.schema import Recipe
+from compressor.recipe.tasks import Task
+from compressor.run import DistillError
 
 
 @dataclass
@@ -134,7 +132,7 @@ def student_fits_its_start(recipe: Recipe, task: Task, models: Models) -> None:
         elif s.init == "checkpoint":
             check_checkpoint(s, models.config(s.checkpoint), models.teacher("finetuned"))
             check_checkpoint(s, models.config(s.checkpoint), first)
-    except (PruneError, StudentError) as exc:
+    except StudentError as exc:
         raise DistillError(str(exc)) from None
 
 

@@ -38,20 +38,17 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ernie_common.env import library_versions, machine, usable_cpus
+from ernie_common.errors import cli
 from ernie_common.io import write_atomic, write_json_atomic, write_text_atomic
 from ernie_common.tables import TableError, read_examples
-from runtime.backends import BACKENDS, BackendUnavailable
-from runtime.bench_models import (ARCHS, PRECISIONS, CompiledRunner, ModelSpec, load_runner, parameter_count,
-                                  vocab_size)
+from runtime.backends import BACKENDS
+from runtime.bench import BenchError
+from runtime.bench.models import ARCHS, PRECISIONS, CompiledRunner, ModelSpec, load_runner, parameter_count, vocab_size
 from runtime.encoding import Encoder
 
 ROLES = ("teacher", "student")
 TEXTS = "texts"
 DEFAULT_TOKENIZER = "bert-base-uncased"
-
-
-class BenchError(ValueError):
-    """Bad benchmark input; the message names the fix."""
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -196,7 +193,7 @@ def _cuda_used_mb() -> float:
 
 # Imported before the baseline (and preloaded by the fork server), so library code is not counted as model.
 _PROBE_PRELOAD = ["onnxruntime", "torch", "transformers", "transformers.models.auto.modeling_auto",
-                  "transformers.models.bert.modeling_bert", "runtime.bench_models"]
+                  "transformers.models.bert.modeling_bert", "runtime.bench.models"]
 
 
 def _memory_probe(spec: ModelSpec, points: list[tuple[str, list[dict]]]) -> dict:
@@ -498,13 +495,11 @@ def run_cli(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run_cli(args)
-    except (ValueError, BackendUnavailable, FileNotFoundError) as exc:
-        # BenchError, BenchModelError, runtime.ModelDirError and the back ends' argument checks are ValueErrors
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(build_parser().parse_args(argv))
+
+
+# the back ends' own argument checks raise plain ValueErrors
+main = cli(main, errors=(ValueError,))
 
 
 if __name__ == "__main__":

@@ -34,9 +34,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from compressor.config import FinetuneConfig, GeneralDataConfig, Recipe, TaskConfig, resolve_model_path
+from compressor.recipe.schema import FinetuneConfig, GeneralDataConfig, Recipe, TaskConfig, resolve_model_path
+from compressor.recipe.tasks import GLUE_TASKS
 from ernie_common.io import read_json, write_json_atomic
-from compressor.tasks import GLUE_TASKS
 
 MODEL_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "projections.pt",
                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
@@ -185,7 +185,7 @@ def augment_identity(recipe: Recipe) -> dict[str, Any]:
 
 
 def augment_inputs(recipe: Recipe) -> dict[str, Any]:
-    """What the augmented set (compressor/augment.py) is generated from: the ``augment`` block, the task's
+    """What the augmented set (compressor/data/augment.py) is generated from: the ``augment`` block, the task's
     training rows (its data by content and its slice), the general corpus (transfer sentences) and the seed."""
     return flatten({"augment": augment_identity(recipe), "task": task_identity(recipe.task),
                     "general": corpus_identity(recipe.general), "seed": recipe.seed})

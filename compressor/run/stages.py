@@ -1,8 +1,8 @@
 """The steps that make a run's student: the pruned start (``student.init: pruned``) and each distillation stage.
 
-A stage is data (teacher, data, losses with weights, schedule; compressor/config.py); this module turns one
+A stage is data (teacher, data, losses with weights, schedule; compressor/recipe/schema.py); this module turns one
 into a :class:`DistillationModule` and a :class:`DistillationTrainer` run and saves its folder. Whether a step
-runs at all, resumes or is reused is decided before (compressor/runstate.py); here it is only carried out.
+runs at all, resumes or is reused is decided before (compressor/run/runstate.py); here it is only carried out.
 Under ``torchrun`` every rank trains; only rank 0 writes the folder, and the others wait for it.
 """
 from __future__ import annotations
@@ -19,12 +19,12 @@ import transformers
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 from transformers.trainer_utils import get_last_checkpoint
 
-from compressor.context import RunContext
-from ernie_common.params import count_params
+from compressor.modeling.student import PROJECTIONS_FILE, build_student, layer_map_for, projections_for, prune_student
+from compressor.modeling.trainer import DistillationModule, DistillationTrainer, training_arguments
+from compressor.run.context import RunContext
+from compressor.run.runstate import CHECKPOINTS, PRUNE_MARKER, STAGE_MARKER, Result, Status
 from ernie_common.io import atomic_dir, read_json, write_json_atomic
-from compressor.runstate import CHECKPOINTS, PRUNE_MARKER, STAGE_MARKER, Result, Status
-from compressor.student import PROJECTIONS_FILE, build_student, layer_map_for, projections_for, prune_student
-from compressor.trainer import DistillationModule, DistillationTrainer, distill_arguments
+from ernie_common.params import count_params
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def run_stage(ctx: RunContext, index: int, result: Result, status: Status, prune
     train_rows, rows = ctx.train_data(stage)
     trainer = DistillationTrainer(
         model=module, teacher=teacher, train_dataset=train_rows, data_collator=ctx.collator, callbacks=list(ctx.callbacks),
-        args=distill_arguments(ckpt_dir, stage, ctx.recipe, logging_dir=str(stage_dir / "logs")),
+        args=training_arguments(ckpt_dir, stage, ctx.recipe, logging_dir=str(stage_dir / "logs")),
     )
     last = get_last_checkpoint(str(ckpt_dir)) if status is Status.RESUME else None
     if last:

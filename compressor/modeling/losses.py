@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from compressor.data import NO_LABEL
+
 LOG_EPS = 1e-12
 """Floor for student probabilities under a log (a student map can underflow to 0 where the teacher's doesn't)."""
 
@@ -73,9 +75,6 @@ def regression_mse(student: Tensor, target: Tensor) -> Tensor:
     known = ~torch.isnan(t)
     return ((s - t.nan_to_num()) ** 2 * known).sum() / known.sum().clamp_min(1)
 
-
-NO_LABEL = -100
-"""A classification row without a gold label (augmented rows): skipped by :func:`hard_label_ce`."""
 
 
 def hard_label_ce(student_logits: Tensor, labels: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """What a run's steps share, loaded once: the tokenizer, task data (tokenised per length), augmented rows, the
 general corpus, the teachers on the training device, dev evaluation, and this process's place in a DDP job.
 
-Nothing here decides what to train or whether a result is stale (compressor/runstate.py does); it only
+Nothing here decides what to train or whether a result is stale (compressor/run/runstate.py does); it only
 loads things, so the stage runner, the pruner and publishing ask for them by what they are.
 """
 from __future__ import annotations
@@ -13,20 +13,27 @@ from typing import Any
 
 import datasets
 import torch
-from transformers import (AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer,
-                          DataCollatorWithPadding, TrainerCallback)
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    TrainerCallback,
+)
 
-from compressor import augment
-from compressor.config import Recipe, StageConfig
-from compressor.data import general_corpus, load_task_data, task_spec, tokenize_task
-from compressor.finetune import finetune_teacher
-from compressor.fingerprint import augment_fingerprint
-from compressor.metrics import evaluate
-from compressor.preflight import DistillError
-from compressor.runstate import AFTER_TEACHER, TEACHER_DIR
-from compressor.student import labels_match
-from compressor.tasks import Task
-from compressor.trainer import process_state
+from compressor.data import augment
+from compressor.data.corpus import general_corpus
+from compressor.data.task_data import load_task_data, task_spec, tokenize_task
+from compressor.modeling.metrics import evaluate
+from compressor.modeling.student import labels_match
+from compressor.modeling.trainer import process_state
+from compressor.recipe.schema import Recipe, StageConfig
+from compressor.recipe.tasks import Task
+from compressor.run import DistillError
+from compressor.run.finetune import finetune_teacher
+from compressor.run.fingerprint import augment_fingerprint
+from compressor.run.runstate import AFTER_TEACHER, TEACHER_DIR
 
 AUGMENT_DIR = "augment"
 
@@ -100,12 +107,11 @@ class RunContext:
 
     # ----------------------------------------------------------------- teachers
 
-    def finetuned(self) -> str:
+    def train_teacher(self) -> str:
         """The fine-tuned teacher's folder: the recipe's, or ``teacher/`` fine-tuned here (once; reused after)."""
         if self.finetuned_path is None:
             start = time.perf_counter()
-            path, _ = finetune_teacher(self.recipe.teacher.pretrained, self.recipe.task, self.recipe.teacher.finetune,
-                                       self.out / TEACHER_DIR, seed=self.recipe.seed, fix=AFTER_TEACHER)
+            path, _ = finetune_teacher(self.recipe, self.out / TEACHER_DIR, fix=AFTER_TEACHER)
             self.barrier()
             self.finetune_seconds = round(time.perf_counter() - start, 1)
             if not labels_match(AutoConfig.from_pretrained(path), self.task):
@@ -118,14 +124,14 @@ class RunContext:
         in eval mode on the training device."""
         if kind not in self._teachers:
             if kind == "finetuned":
-                model = AutoModelForSequenceClassification.from_pretrained(self.finetuned())
+                model = AutoModelForSequenceClassification.from_pretrained(self.train_teacher())
             else:
                 model = AutoModel.from_pretrained(self.recipe.teacher.pretrained)
             self._teachers[kind] = model.eval().to(self.device)
         return self._teachers[kind]
 
     def teacher_source(self, kind: str) -> str:
-        return self.finetuned() if kind == "finetuned" else self.recipe.teacher.pretrained
+        return self.train_teacher() if kind == "finetuned" else self.recipe.teacher.pretrained
 
     # ----------------------------------------------------------------- evaluation
 

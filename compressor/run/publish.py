@@ -10,12 +10,12 @@ from typing import Any
 
 from transformers import AutoModelForSequenceClassification
 
-from compressor.context import RunContext
-from compressor.fingerprint import fingerprint, model_identity, task_identity
-from ernie_common.params import count_params
+from compressor.run.context import RunContext
+from compressor.run.fingerprint import fingerprint, model_identity, task_identity
+from compressor.run.report import build_report, write_report
+from compressor.run.runstate import FINAL_DIR, PRUNE_MARKER
 from ernie_common.io import atomic_dir, read_json, write_json_atomic
-from compressor.report import build_report, write_report
-from compressor.runstate import FINAL_DIR, PRUNE_MARKER
+from ernie_common.params import count_params
 
 TEACHER_DEV = "teacher_dev.json"
 
@@ -25,7 +25,7 @@ def teacher_dev(ctx: RunContext) -> dict[str, float]:
     of what they depend on (the teacher's weights, the task's dev data, the evaluation length): a cache, so a
     stale one is measured again rather than refused."""
     path = ctx.out / TEACHER_DEV
-    key = fingerprint({"teacher": model_identity(ctx.finetuned()), "task": task_identity(ctx.recipe.task),
+    key = fingerprint({"teacher": model_identity(ctx.train_teacher()), "task": task_identity(ctx.recipe.task),
                        "max_seq_length": ctx.eval_length})
     kept = read_json(path) if path.is_file() else {}
     if ctx.main and kept.get("fingerprint") != key:
@@ -47,12 +47,12 @@ def publish_final(ctx: RunContext, last_stage: Path) -> Path:
 
 
 def publish_report(ctx: RunContext, stages: list[dict[str, Any]], final: Path, pruned: Path | None) -> dict[str, Any]:
-    """``report.json``, ``report.md`` and the plot (compressor/report.py) from the finished folders."""
+    """``report.json``, ``report.md`` and the plot (compressor/run/report.py) from the finished folders."""
     teacher = ctx.teacher("finetuned")
     student = AutoModelForSequenceClassification.from_pretrained(final)
     report = build_report(
         task=ctx.task.name, metric=ctx.task.metric,
-        teacher={"path": str(ctx.finetuned()), "params": count_params(teacher), "dev": teacher_dev(ctx),
+        teacher={"path": str(ctx.train_teacher()), "params": count_params(teacher), "dev": teacher_dev(ctx),
                  "finetune_seconds": ctx.finetune_seconds},
         stages=stages,
         student={"path": str(final), "params": count_params(student), "dev": stages[-1]["dev"]},

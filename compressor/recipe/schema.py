@@ -6,7 +6,7 @@ knows nothing of stage names, so users can add, drop or reorder stages freely.
 
 Recipes compose (torchtune/torchdistill style): ``load_recipe([base.yaml, overlay.yaml, ...], overrides)``
 reads the first file as the recipe and lays each overlay over it (:func:`merge_recipe`), then the dotted
-overrides; ``compressor/configs/scales/`` and ``compressor/configs/variants/`` are overlays of this kind.
+overrides; ``compressor/configs/scales/`` and ``compressor/configs/arms/`` are overlays of this kind.
 
 Every mistake a user can make in a recipe (unknown key, wrong type, unknown loss, missing file) raises
 :class:`ConfigError` with one line that names the fix, before any work starts.
@@ -24,6 +24,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from ernie_common.errors import UserError
+
 LOSS_NAMES = ("hidden", "attention", "embedding", "soft", "hard")
 TEACHER_KINDS = ("pretrained", "finetuned")
 DATA_KINDS = ("general", "task")
@@ -32,24 +34,43 @@ PRUNE_LAYER_CHOICES = ("auto", "uniform", "importance")
 TRANSFER_SOURCES = ("general", "files")
 
 
-class ConfigError(ValueError):
+RENAMED_KEYS = {"teacher.finetune.max_train_samples": "teacher.finetune.sample_rows"}
+"""Keys that were renamed: refused with one line naming the new key (no silent alias)."""
+
+
+class ConfigError(UserError):
     """A recipe or command-line mistake; the message is one line that says how to fix it."""
 
 
 @dataclass
-class FinetuneConfig:
-    """How ``compressor.finetune`` turns the pretrained encoder into the task's teacher."""
+class Schedule:
+    """One training schedule, the same keys for teacher fine-tuning and every stage: warm-up then linear decay
+    (``compressor.modeling.trainer.training_arguments`` turns it into ``TrainingArguments``)."""
 
-    epochs: float = 3.0
+    epochs: float = 1.0
     max_steps: int = -1
-    learning_rate: float = 2e-5
+    """Overrides ``epochs`` when positive (streamed general data needs it)."""
+    learning_rate: float = 1e-4
     batch_size: int = 32
     max_seq_length: int = 128
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
-    max_train_samples: int | None = None
     group_by_length: bool = False
-    """Batch rows of similar length together (``TrainingArguments.group_by_length``): less padding, same data."""
+    """Batch rows of similar length together (``TrainingArguments.group_by_length``): the same rows and epochs
+    with far less padding; short-sentence tasks mixed with long transfer sentences train 2-3x faster."""
+
+    def groups_by_length(self) -> bool:
+        return self.group_by_length
+
+
+@dataclass
+class FinetuneConfig(Schedule):
+    """How the pretrained encoder is fine-tuned into the task's teacher."""
+
+    epochs: float = 3.0
+    learning_rate: float = 2e-5
+    sample_rows: int | None = None
+    """Fine-tune on a seeded random sample of this many of the task's training rows (``None``: all of them)."""
 
 
 @dataclass
@@ -63,7 +84,7 @@ class TeacherConfig:
 
 @dataclass
 class PruneConfig:
-    """How ``student.init: pruned`` measures importance and picks layers (see compressor/prune.py)."""
+    """How ``student.init: pruned`` measures importance and picks layers (see compressor/modeling/prune.py)."""
 
     layers: str = "auto"
     """``auto`` (the uniform and the block-importance cut are both scored against the teacher after
@@ -152,7 +173,7 @@ class TaskConfig:
 @dataclass
 class GeneralDataConfig:
     """Unlabelled text for GD and GED: local files or a hub dataset, tokenised and packed into fixed-length
-    blocks once (in parallel), cached on disk and memory-mapped (see ``data.general_corpus``)."""
+    blocks once (in parallel), cached on disk and memory-mapped (see ``compressor.data.corpus.general_corpus``)."""
 
     files: list[str] = field(default_factory=list)
     """Plain-text files (``.txt``, ``.gz``), one paragraph per line; or leave empty and name ``dataset``."""
@@ -173,25 +194,20 @@ class GeneralDataConfig:
 
 
 @dataclass
-class StageConfig:
-    name: str
+class StageConfig(Schedule):
+    """One stage: which teacher, which data, which losses with their weights, and its own schedule."""
+
+    name: str = field(default="", kw_only=True)
     teacher: str = "finetuned"
     data: str = "task"
     losses: dict[str, float] = field(default_factory=lambda: {"hidden": 1.0, "attention": 1.0})
-    epochs: float = 1.0
-    max_steps: int = -1
-    """Overrides ``epochs`` when positive (streamed general data needs it)."""
-    learning_rate: float = 1e-4
-    batch_size: int = 32
-    max_seq_length: int = 128
     temperature: float = 1.0
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
     augment: bool = False
     """Task stages: also train on the recipe's ``augment`` data (transfer rows get no hard-label loss)."""
-    group_by_length: bool = False
-    """Task stages: batch rows of similar length together (``TrainingArguments.group_by_length``): the same rows
-    and epochs with far less padding; short-sentence tasks mixed with long transfer sentences train 2-3x faster."""
+
+    def groups_by_length(self) -> bool:
+        """Length grouping applies to task rows; packed general blocks all have the same length."""
+        return self.group_by_length and self.data == "task"
 
 
 @dataclass
@@ -271,6 +287,9 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
+        renamed = RENAMED_KEYS.get(f"{where}.{key}".lstrip("."))
+        if renamed:
+            raise ConfigError(f"'{where}.{key}' is now '{renamed}'; rename the key in the recipe".replace("'.", "'"))
         if key not in names:
             raise ConfigError(f"unknown key '{where}.{key}'; valid keys here: {', '.join(names)}".replace("'.", "'"))
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}".lstrip(".")) for k, v in data.items()}
@@ -442,7 +461,7 @@ def _check_model_ref(ref: str, where: str) -> None:
 
 def validate(recipe: Recipe) -> None:
     """Cheap checks that need no model or data loaded (those happen in the modules that load them)."""
-    from compressor.tasks import GLUE_TASKS  # local import: tasks imports nothing from here
+    from compressor.recipe.tasks import GLUE_TASKS  # local import: tasks imports nothing from here
 
     t = recipe.task
     if t.name != "custom" and t.name not in GLUE_TASKS:
@@ -480,7 +499,9 @@ def validate(recipe: Recipe) -> None:
     if not recipe.stages:
         raise ConfigError("the recipe has no stages; add at least one under 'stages:'")
     seen: set[str] = set()
-    for st in recipe.stages:
+    for i, st in enumerate(recipe.stages):
+        if not st.name:
+            raise ConfigError(f"stages[{i}] has no name; give each stage a name (gd, ged, tad, tsd, or your own)")
         where = f"stage {st.name!r}"
         if st.name in seen:
             raise ConfigError(f"{where} appears twice; stage names must be unique")

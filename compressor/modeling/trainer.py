@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from accelerate import PartialState
+from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from compressor.attention import forward_with_attentions
-from compressor.config import Recipe, StageConfig
-from compressor.losses import LossContext, Outputs, needs, uses_teacher, weighted_losses
+from compressor.modeling.attention import forward_with_attentions
+from compressor.modeling.losses import LossContext, Outputs, needs, uses_teacher, weighted_losses
+from compressor.recipe.schema import Recipe, Schedule
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -126,11 +126,20 @@ def process_state() -> PartialState:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def mixed_precision(recipe: Recipe) -> dict[str, bool]:
-    """``recipe.fp16`` (default: on with CUDA) as TrainingArguments flags: bf16 where the GPU has it, else fp16."""
-    on = torch.cuda.is_available() if recipe.fp16 is None else recipe.fp16
-    bf16 = bool(on and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    return {"bf16": bf16, "fp16": bool(on and not bf16)}
+def gpu_precision() -> str | None:
+    """The half precision this machine's GPU trains in: ``bf16`` where it has it (Ampere and later), else
+    ``fp16``; ``None`` without a CUDA GPU."""
+    if not torch.cuda.is_available():
+        return None
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def mixed_precision(fp16: bool | None) -> dict[str, bool]:
+    """The recipe's ``fp16`` (``None``: on with a GPU) as TrainingArguments flags, chosen in this one place for
+    teacher fine-tuning and every stage: the GPU's half precision (:func:`gpu_precision`), fp32 on the CPU."""
+    kind = gpu_precision()
+    on = kind is not None and fp16 is not False
+    return {"bf16": on and kind == "bf16", "fp16": on and kind == "fp16"}
 
 
 def warmup_arguments(ratio: float) -> dict[str, float]:
@@ -150,23 +159,26 @@ def logging_dir_arguments(path: str | Path) -> dict[str, str]:
     return {}
 
 
-def distill_arguments(output_dir: str | Path, stage: StageConfig, recipe: Recipe, **overrides: Any) -> TrainingArguments:
-    """One stage's schedule as TrainingArguments: warm-up + linear decay, step checkpoints, TensorBoard logs."""
+def training_arguments(output_dir: str | Path, schedule: Schedule, recipe: Recipe, **overrides: Any) -> TrainingArguments:
+    """The one ``TrainingArguments`` builder, for teacher fine-tuning and every stage: ``schedule`` (warm-up then
+    linear decay), the recipe's precision, seed, checkpoint and logging steps, TensorBoard logs in
+    ``output_dir/logs`` unless ``logging_dir`` says otherwise; ``overrides`` win over all of it."""
+    cuda = torch.cuda.is_available()
     kwargs: dict[str, Any] = dict(
-        output_dir=str(output_dir), num_train_epochs=stage.epochs, max_steps=stage.max_steps,
-        learning_rate=stage.learning_rate, per_device_train_batch_size=stage.batch_size,
-        **warmup_arguments(stage.warmup_ratio), weight_decay=stage.weight_decay, lr_scheduler_type="linear",
+        output_dir=str(output_dir), num_train_epochs=schedule.epochs, max_steps=schedule.max_steps,
+        learning_rate=schedule.learning_rate, per_device_train_batch_size=schedule.batch_size,
+        **warmup_arguments(schedule.warmup_ratio), weight_decay=schedule.weight_decay, lr_scheduler_type="linear",
         eval_strategy="no", save_strategy="steps", save_steps=recipe.save_steps, save_total_limit=1,
         logging_steps=recipe.logging_steps, report_to=["tensorboard"],
         seed=recipe.seed, remove_unused_columns=False, dataloader_num_workers=0,
-        group_by_length=stage.group_by_length and stage.data == "task",
-        ddp_find_unused_parameters=True, save_safetensors=True, dataloader_pin_memory=torch.cuda.is_available(),
-        use_cpu=not torch.cuda.is_available(), **mixed_precision(recipe),
+        group_by_length=schedule.groups_by_length(),
+        ddp_find_unused_parameters=True, save_safetensors=True, dataloader_pin_memory=cuda,
+        use_cpu=not cuda,  # on a CPU-only machine torchrun then forms a gloo group
+        **mixed_precision(recipe.fp16),
     )
     kwargs.update(overrides)
     # after the overrides: a caller's logging_dir must take the transformers-5 route (the environment) too
     kwargs.update(logging_dir_arguments(kwargs.pop("logging_dir", Path(output_dir) / "logs")))
-    fields = TrainingArguments.__dataclass_fields__
-    if "save_safetensors" not in fields:  # transformers 5 always saves safetensors
+    if "save_safetensors" not in TrainingArguments.__dataclass_fields__:  # transformers 5 always saves safetensors
         kwargs.pop("save_safetensors")
     return TrainingArguments(**kwargs)

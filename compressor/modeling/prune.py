@@ -35,6 +35,8 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
+from compressor.modeling import StudentError
+
 # --------------------------------------------------------------------------- architectures
 
 
@@ -98,16 +100,12 @@ ARCHS: dict[str, Arch] = {
 }
 
 
-class PruneError(ValueError):
-    """A student that cannot be cut from this teacher as asked; one line naming the fix."""
-
-
 def arch_of(config) -> Arch:
     if config.model_type not in ARCHS:
-        raise PruneError(f"student.init pruned supports {', '.join(ARCHS)} teachers, not {config.model_type!r}; "
+        raise StudentError(f"student.init pruned supports {', '.join(ARCHS)} teachers, not {config.model_type!r}; "
                          f"use student.init: random")
     if getattr(config, "position_embedding_type", "absolute") not in ("absolute", None):
-        raise PruneError(f"student.init pruned needs absolute position embeddings, the teacher has "
+        raise StudentError(f"student.init pruned needs absolute position embeddings, the teacher has "
                          f"{config.position_embedding_type!r}; use student.init: random")
     return ARCHS[config.model_type]
 
@@ -138,10 +136,10 @@ def check_shape(student: Shape, teacher: Shape) -> None:
              "head size (hidden_size / num_attention_heads)": (student.head_dim, teacher.head_dim)}
     for name, (s, t) in pairs.items():
         if s > t:
-            raise PruneError(f"student.{name} {s} exceeds the teacher's {t}: a pruned student can only be smaller; "
+            raise StudentError(f"student.{name} {s} exceeds the teacher's {t}: a pruned student can only be smaller; "
                              f"shrink it or use student.init: random")
         if s < 1:
-            raise PruneError(f"student.{name} must be at least 1")
+            raise StudentError(f"student.{name} must be at least 1")
 
 
 # --------------------------------------------------------------------------- importance
@@ -247,7 +245,7 @@ def measure(model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> Importanc
         for h in handles:
             h.remove()
     if not tokens:
-        raise PruneError("no calibration tokens: the calibration data is empty; check student.prune.calibration")
+        raise StudentError("no calibration tokens: the calibration data is empty; check student.prune.calibration")
 
     def mean(key: str) -> Tensor:
         return (sums[key] / tokens).float()
@@ -386,18 +384,18 @@ def cut(teacher: nn.Module, plan: Plan, config) -> nn.Module:
         axes = next((axes for pattern, axes in rules if pattern.search(local)), None)
         if axes is None:
             if weight.shape != target.shape:
-                raise PruneError(f"no pruning rule for {local} ({tuple(weight.shape)} -> {tuple(target.shape)})")
+                raise StudentError(f"no pruning rule for {local} ({tuple(weight.shape)} -> {tuple(target.shape)})")
             state[name] = weight.clone()
             continue
         if len(axes) != weight.dim():
-            raise PruneError(f"pruning rule for {local} expects {len(axes)} dims, the weight has {weight.dim()}")
+            raise StudentError(f"pruning rule for {local} expects {len(axes)} dims, the weight has {weight.dim()}")
         for dim, space in enumerate(axes):
             if space is not None:
                 weight = weight.index_select(dim, plan.keep(space, student_layer).to(weight.device))
         if any(local.endswith(q) for q in query_paths) and match:
             weight = weight * plan.query_scale
         if weight.shape != target.shape:
-            raise PruneError(f"{local}: the cut weight is {tuple(weight.shape)} but the student expects "
+            raise StudentError(f"{local}: the cut weight is {tuple(weight.shape)} but the student expects "
                              f"{tuple(target.shape)}")
         state[name] = weight.to(target.dtype).clone()
     student.load_state_dict(state)

@@ -23,16 +23,12 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
-from compressor.config import StudentConfig
-from compressor.finetune import label_maps
-from compressor.tasks import Task
+from compressor.modeling import StudentError
+from compressor.recipe.schema import StudentConfig
+from compressor.recipe.tasks import Task, label_maps
 
 PROJECTIONS_FILE = "projections.pt"
 PROJECTION_KINDS = ("hidden", "embedding")
-
-
-class StudentError(ValueError):
-    """A student that cannot be built as asked; one line naming the fix."""
 
 
 def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
@@ -146,16 +142,16 @@ def build_student(cfg: StudentConfig, teacher, task: Task) -> BertForSequenceCla
 
 def prune_student(cfg: StudentConfig, teacher, task: Task, batches: list[dict[str, torch.Tensor]],
                   source: str) -> tuple[nn.Module, nn.ModuleDict, dict]:
-    """Cut the recipe's student shape out of ``teacher`` (see compressor/prune.py): the student (the teacher's
+    """Cut the recipe's student shape out of ``teacher`` (see compressor/modeling/prune.py): the student (the teacher's
     own class, with the task's labels), hidden-state projections that start as the exact inverse of the
     channel cut, and the pruning report. ``source`` names the teacher in the student's ``pruned_from``."""
-    from compressor.prune import PruneError, Shape, channel_selection, prune
+    from compressor.modeling.prune import Shape, channel_selection, prune
 
     shape = Shape(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads)
     overrides = {"attention_probs_dropout_prob": 0.0, **label_maps(task)}
     try:
         result = prune(teacher, shape, batches, overrides, layers=cfg.prune.layers, recovery_steps=cfg.prune.recovery_steps)
-    except PruneError as exc:
+    except StudentError as exc:
         raise StudentError(str(exc)) from None
     student = result.student
     student.config.pruned_from = {"source": source, "num_hidden_layers": teacher.config.num_hidden_layers,

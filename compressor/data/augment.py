@@ -33,12 +33,11 @@ from typing import Any, Iterator
 
 import datasets
 
-from compressor.config import AugmentConfig, GeneralDataConfig, MLMConfig, TransferConfig
-from compressor.data import TEXT_COLUMNS, DataError, general_texts
-from compressor.losses import NO_LABEL
-from compressor.tasks import Task
+from compressor.data import NO_LABEL, TEXT_COLUMNS, DataError, check_file, read_table
+from compressor.data.corpus import general_texts
+from compressor.recipe.schema import AugmentConfig, GeneralDataConfig, MLMConfig, TransferConfig
+from compressor.recipe.tasks import Task
 from ernie_common.io import atomic_dir
-from ernie_common.tables import csv_options
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +56,8 @@ def split_sentences(paragraph: str) -> list[str]:
 
 def _text_lines(files: list[str]) -> Iterator[str]:
     """Lines of plain-text files (``.gz`` too), streamed through ``datasets``."""
+    for f in files:
+        check_file(Path(f), "augment.transfer.files")
     stream = datasets.load_dataset("text", data_files=[str(f) for f in files], split="train", streaming=True)
     for row in stream:
         if row["text"].strip():
@@ -65,15 +66,15 @@ def _text_lines(files: list[str]) -> Iterator[str]:
 
 def _table_rows(files: list[str], columns: list[str]) -> Iterator[tuple[str, ...]]:
     """Only ``columns`` of TSV/CSV/JSON files; every other column (a label, say) is dropped unread."""
-    suffix = Path(files[0]).suffix.lower()
-    if suffix in (".json", ".jsonl"):
-        ds = datasets.load_dataset("json", data_files=files, split="train")
-    else:
-        ds = datasets.load_dataset("csv", data_files=files, split="train", **csv_options(files[0]))
+    ds = datasets.concatenate_datasets([read_table({"train": f}, "augment.transfer.files")["train"] for f in files])
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
         raise DataError(f"augment.transfer.column {missing[0]!r} is not in {files[0]} (columns: "
                         f"{', '.join(ds.column_names)}); fix augment.transfer.column")
+    for column in columns:
+        if not any(isinstance(v, str) and v.strip() for v in ds[column]):
+            raise DataError(f"{files[0]}: column {column!r} is empty in every row; point augment.transfer.column "
+                            "at the text")
     for row in ds.select_columns(columns):
         values = tuple(row[c] for c in columns)
         if all(isinstance(v, str) and v.strip() for v in values):
@@ -195,7 +196,7 @@ def fingerprint(cfg: AugmentConfig, task_train: datasets.Dataset, general: Gener
     """A cache key for callers without a recipe: the ``augment`` block, the task's training rows (datasets' own
     fingerprint of the loaded split), the general corpus (files by name and size, or the hub dataset's name) and
     the seed. A distillation run passes ``key`` to :func:`build` instead: the content-based
-    :func:`compressor.fingerprint.augment_fingerprint` that its augmented stages' fingerprints also hold."""
+    :func:`compressor.run.fingerprint.augment_fingerprint` that its augmented stages' fingerprints also hold."""
     corpus = {"files": [(Path(f).name, Path(f).stat().st_size) for f in general.files if Path(f).is_file()],
               "dataset": [general.dataset, general.dataset_config, general.split, general.text_column]}
     blob = json.dumps({"augment": dataclasses.asdict(cfg), "task": task_train._fingerprint, "rows": len(task_train),

@@ -59,3 +59,16 @@ GLUE_TASKS: dict[str, Task] = {
         Task("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("not_entailment", "entailment"), "accuracy"),
     )
 }
+
+
+def label_maps(task: Task) -> dict:
+    """Config kwargs (for ``from_pretrained`` or a config class) that give a classifier the task's labels
+    (regression: one output), its task name (HF's ``finetuning_task``) and its input kind, single text or
+    pair, as ``task_specific_params["text-classification"]["input_kind"]``: ``runtime`` reads it to refuse
+    the wrong request shape. Only attributes every HF config has, so ``from_pretrained`` accepts them all."""
+    kind = {"task_specific_params": {"text-classification": {"input_kind": "pair" if task.is_pair else "single"}},
+            "finetuning_task": task.name}
+    if task.is_regression:
+        return {"num_labels": 1, "problem_type": "regression", **kind}
+    return {"num_labels": task.num_labels, "id2label": dict(enumerate(task.labels)),
+            "label2id": {name: i for i, name in enumerate(task.labels)}, **kind}

@@ -1,7 +1,7 @@
 """The run folder's state: where each result lives and whether it may be reused, resumed or must be refused.
 
 Every result folder (``teacher/``, ``pruned/``, one per stage) gets ``fingerprint.json`` (its inputs and their
-hash, :mod:`compressor.fingerprint`) before any work on it starts, and a *marker* file written last (a stage's
+hash, :mod:`compressor.run.fingerprint`) before any work on it starts, and a *marker* file written last (a stage's
 ``stage.json``, the teacher's ``dev_metrics.json``, the pruned start's ``prune.json``): the marker's presence
 means "finished". On a rerun each folder is, before any work starts:
 
@@ -21,14 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compressor.fingerprint import describe_change, finetune_inputs, fingerprint, run_inputs, stage_inputs
+from compressor.run.fingerprint import describe_change, finetune_inputs, fingerprint, run_inputs, stage_inputs
+from ernie_common.errors import UserError
 from ernie_common.io import read_json, write_json_atomic
 
 FINGERPRINT_FILE = "fingerprint.json"
 CHECKPOINTS = "checkpoints"
 
 
-class StaleError(ValueError):
+class StaleError(UserError):
     """A result folder that cannot be reused or resumed under this recipe; one line naming the change and the fix."""
 
 

@@ -24,6 +24,7 @@ from ernie_common.env import library_versions
 from ernie_common.io import atomic_dir, write_atomic
 from ernie_common.params import count_params, onnx_params
 from runtime.backends import BACKENDS, BackendUnavailable
+from runtime.bench import BenchError
 from runtime.cuda_graphs import padding_mask_3d
 
 ARCHS: dict[str, dict] = {
@@ -39,10 +40,6 @@ ARCHS: dict[str, dict] = {
 }
 _COMMON_SHAPE = dict(vocab_size=30522, max_position_embeddings=512, type_vocab_size=2, num_labels=2)
 PRECISIONS = ("fp32", "fp16", "int8")
-
-
-class BenchModelError(ValueError):
-    """A teacher/student argument that cannot be benchmarked; the message names the fix."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +78,7 @@ def arch_config(arch: str, attn_implementation: str = "sdpa"):
     from transformers import BertConfig
 
     if arch not in ARCHS:
-        raise BenchModelError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")
+        raise BenchError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")
     config = BertConfig(**_COMMON_SHAPE, **ARCHS[arch])
     config._attn_implementation = attn_implementation
     return config
@@ -128,7 +125,7 @@ def _derive_variant(fp32: Path, variant: str, arch: str, pad_heads: bool, scratc
         "int8": lambda: quantize_graph(fp32, scratch),
     }
     if variant not in builders:
-        raise BenchModelError(f"variant {variant!r} of a random-shape model: choose fp32, {', '.join(builders)}")
+        raise BenchError(f"variant {variant!r} of a random-shape model: choose fp32, {', '.join(builders)}")
     return builders[variant]()
 
 
@@ -169,9 +166,9 @@ def vocab_size(spec: ModelSpec) -> int | None:
 def load_runner(spec: ModelSpec) -> tuple[Callable[[dict[str, np.ndarray]], np.ndarray], dict]:
     """Build the callable to time and a description of what really runs (providers, parameters)."""
     if spec.precision not in PRECISIONS:
-        raise BenchModelError(f"precision {spec.precision!r} is not one of {', '.join(PRECISIONS)}")
+        raise BenchError(f"precision {spec.precision!r} is not one of {', '.join(PRECISIONS)}")
     if spec.backend not in BACKENDS:
-        raise BenchModelError(f"unknown back end {spec.backend!r}: choose one of {', '.join(BACKENDS)}")
+        raise BenchError(f"unknown back end {spec.backend!r}: choose one of {', '.join(BACKENDS)}")
     if spec.backend == "cuda-graphs":  # the same as torch with --cuda-graphs
         spec = replace(spec, backend="torch", cuda_graphs=True)
     if spec.threads:
@@ -191,7 +188,7 @@ def _torch_model(model, spec: ModelSpec):
         pad_attention_heads(model)
     info = {"parameters": count_params(model)}
     if spec.compile_mode and spec.cuda_graphs:
-        raise BenchModelError("--compile and --cuda-graphs are two engines: pick one (compile mode "
+        raise BenchError("--compile and --cuda-graphs are two engines: pick one (compile mode "
                               "'reduce-overhead' already replays CUDA graphs)")
     if spec.compile_mode:
         return CompiledRunner(model, spec.device, spec.precision, spec.compile_mode), info
@@ -223,7 +220,7 @@ def _tensorrt_arch(spec: ModelSpec):
 
     require_tensorrt()
     if spec.precision != "fp16":
-        raise BenchModelError("the tensorrt back end builds FP16 engines: use --precision fp16")
+        raise BenchError("the tensorrt back end builds FP16 engines: use --precision fp16")
     onnx_path = cached_arch_onnx(spec.source, "fp32", spec.pad_heads)
     engine_dir = onnx_path.parent / f"tensorrt-b{spec.max_batch}-s{spec.max_seq}"
     engine = engine_dir / ENGINE_NAME
@@ -242,7 +239,7 @@ def _load_from_dir(spec: ModelSpec):
 
     source = Path(spec.source)
     if not source.is_dir():
-        raise BenchModelError(f"{source} is not a directory: pass a model/export directory, "
+        raise BenchError(f"{source} is not a directory: pass a model/export directory, "
                               f"or use --{spec.role}-arch {'|'.join(ARCHS)}")
     read_model_config(source)
     if spec.backend == "torch" and not (source / MANIFEST).is_file():
@@ -275,7 +272,7 @@ class ProfileCapped:
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         rows, seq = inputs["input_ids"].shape
         if seq > self.max_seq:
-            raise BenchModelError(f"sequence {seq} is longer than the TensorRT engine's profile allows ({self.max_seq}): "
+            raise BenchError(f"sequence {seq} is longer than the TensorRT engine's profile allows ({self.max_seq}): "
                                   f"bench with --seq up to {self.max_seq}, or re-export with --tensorrt --max-seq {seq}")
         return np.concatenate([self.backend({k: v[i:i + self.max_batch] for k, v in inputs.items()})
                                for i in range(0, rows, self.max_batch)])
@@ -288,7 +285,7 @@ def _export_variant(export_dir: Path, variant: str) -> Path:
 
     variants = json.loads((export_dir / MANIFEST).read_text()).get("variants", {})
     if variant not in variants:
-        raise BenchModelError(f"{export_dir} has no {variant!r} variant (has {', '.join(sorted(variants))}): "
+        raise BenchError(f"{export_dir} has no {variant!r} variant (has {', '.join(sorted(variants))}): "
                               "pass --variant NAME or re-export with it")
     return export_dir / variants[variant]
 
@@ -324,12 +321,12 @@ class CompiledRunner:
         import torch
 
         if mode not in self.MODES:
-            raise BenchModelError(f"compile mode {mode!r} is not one of {', '.join(self.MODES)}")
+            raise BenchError(f"compile mode {mode!r} is not one of {', '.join(self.MODES)}")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendUnavailable("torch.compile on cuda needs a CUDA GPU; use --device cpu")
         dtypes = {"fp32": torch.float32, "fp16": torch.float16}
         if precision not in dtypes:
-            raise BenchModelError(f"torch.compile runs fp32 or fp16 here, not {precision}")
+            raise BenchError(f"torch.compile runs fp32 or fp16 here, not {precision}")
         # every (model, shape) is one cache entry of the same code object: room for a whole grid of both models
         dynamo = torch._dynamo.config
         key = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"  # renamed in torch 2.6

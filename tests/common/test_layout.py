@@ -1,0 +1,95 @@
+"""The layout the README describes: no import cycles, dependencies that point one way, each layer of
+``compressor/`` importing only the layers below it, and nothing of the benchmark kit at the top of ``runtime/``."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGES = ("compressor", "runtime", "bentos", "ernie_common")
+# compressor's layers, lowest first: a module may import its own layer and the ones before it
+LAYERS = ("ernie_common", "compressor.recipe", "compressor.data", "compressor.modeling", "compressor.run", "compressor")
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """First-party modules ``name`` imports anywhere in its file (function-level imports too)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            # `from pkg import sub` imports the submodule pkg.sub where one exists
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+        else:
+            continue
+        out |= {t for t in targets if t in known and t != name}
+    return out
+
+
+GRAPH = {name: imports(name, path, modules()) for name, path in modules().items()}
+
+
+def test_there_is_no_import_cycle():
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(GRAPH[node]):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join(stack[stack.index(nxt):] + [node, nxt]) if nxt in stack else f"{node} -> {nxt}")
+            elif nxt not in state:
+                visit(nxt, stack + [node])
+        state[node] = 2
+
+    for node in sorted(GRAPH):
+        if node not in state:
+            visit(node, [])
+    assert not cycles, cycles
+
+
+def _layer(name: str) -> int:
+    """The index in LAYERS of the most specific layer ``name`` belongs to."""
+    matches = [layer for layer in LAYERS if name == layer or name.startswith(layer + ".")]
+    return LAYERS.index(max(matches, key=len))
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_dependencies_point_one_way(package):
+    """bentos uses runtime only; runtime never imports compressor (a serving image has no training stack);
+    compressor imports neither; each layer of compressor imports only itself and the layers below."""
+    allowed = {"bentos": ("bentos", "runtime", "ernie_common"), "runtime": ("runtime", "ernie_common"),
+               "compressor": ("compressor", "ernie_common"), "ernie_common": ("ernie_common",)}[package]
+    wrong = []
+    for name, targets in GRAPH.items():
+        if name.split(".")[0] != package:
+            continue
+        for target in targets:
+            if target.split(".")[0] not in allowed:
+                wrong.append(f"{name} -> {target}")
+            elif package == "compressor" and _layer(target) > _layer(name):
+                wrong.append(f"{name} -> {target} (upward)")
+    assert not wrong, wrong
+
+
+def test_compressor_is_in_subpackages_and_runtime_top_holds_no_benchmark_module():
+    top = {p.stem for p in (REPO / "compressor").glob("*.py")}
+    assert top <= {"__init__", "distill", "finetune", "demo"}, top  # the command-line entry points only
+    assert {"recipe", "data", "modeling", "run"} <= {p.name for p in (REPO / "compressor").iterdir() if p.is_dir()}
+    assert not [p.name for p in (REPO / "runtime").glob("*.py") if "bench" in p.stem]
+    assert (REPO / "runtime" / "bench" / "__main__.py").is_file()  # `python -m runtime.bench` as before
