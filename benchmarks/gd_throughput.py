@@ -60,8 +60,8 @@ class TimedTrainer(DistillationTrainer):
         start = time.perf_counter()
         if self.all_maps:
             with torch.no_grad():
-                out = Outputs.of(self.teacher(**{k: inputs[k] for k in self._teacher_inputs if k in inputs},
-                                              output_hidden_states=True, output_attentions=True))
+                kwargs = {k: inputs[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in inputs}
+                out = Outputs.of(self.teacher(**kwargs, output_hidden_states=True, output_attentions=True))
         else:
             out = super().teacher_outputs(inputs, wanted, layers)
         self.teacher_seconds += time.perf_counter() - start

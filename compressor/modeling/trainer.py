@@ -27,6 +27,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from compressor.modeling.attention import forward_with_attentions
 from compressor.modeling.losses import LossContext, Outputs, needs, uses_teacher, weighted_losses
+from compressor.modeling.teacher_cache import ROW_COLUMN, TeacherCache
 from compressor.recipe.schema import Recipe, Schedule
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -71,15 +72,27 @@ class DistillationModule(nn.Module):
         return weighted_losses(self.weights, Outputs.of(out), teacher, ctx)
 
 
+@torch.no_grad()
+def teacher_forward(teacher: nn.Module, inputs: dict[str, torch.Tensor], wanted: frozenset[str],
+                    layers: list[int]) -> Outputs:
+    """The frozen teacher on a batch: hidden states when ``wanted``, attention maps of ``layers`` only (1-based)
+    when ``wanted``, the logits when it has a head. Inputs it does not take (MPNet: token types) are left out."""
+    accepted = inspect.signature(teacher.forward).parameters
+    kwargs = {k: inputs[k] for k in MODEL_INPUTS if k in inputs and k in accepted}
+    kwargs["output_hidden_states"] = "hidden_states" in wanted
+    if "attentions" not in wanted:
+        return Outputs.of(teacher(**kwargs))
+    return Outputs.of(forward_with_attentions(teacher, layers, **kwargs))
+
+
 class DistillationTrainer(Trainer):
     """``Trainer`` whose loss is the weighted distillation objective of a :class:`DistillationModule`."""
 
-    def __init__(self, *args, teacher: nn.Module, **kwargs):
+    def __init__(self, *args, teacher: nn.Module, teacher_cache: TeacherCache | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False
         self.teacher = teacher.eval().requires_grad_(False).to(self.args.device)
-        # e.g. MPNet takes no token_type_ids
-        self._teacher_inputs = [k for k in MODEL_INPUTS if k in inspect.signature(self.teacher.forward).parameters]
+        self.teacher_cache = teacher_cache
         self._sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.args.device))
         self._counts: dict[str, int] = defaultdict(int)
 
@@ -88,18 +101,19 @@ class DistillationTrainer(Trainer):
                         layers: list[int] | None = None) -> Outputs:
         """The teacher's outputs under the student's autocast; attention maps only for ``layers`` (1-based;
         default: the layer map of the module being trained), ``None`` for the other layers."""
-        kwargs = {k: inputs[k] for k in self._teacher_inputs if k in inputs}
-        kwargs["output_hidden_states"] = "hidden_states" in wanted
+        if layers is None:
+            layers = self.accelerator.unwrap_model(self.model).layer_map
         with self.accelerator.autocast():
-            if "attentions" not in wanted:
-                return Outputs.of(self.teacher(**kwargs))
-            if layers is None:
-                layers = self.accelerator.unwrap_model(self.model).layer_map
-            return Outputs.of(forward_with_attentions(self.teacher, layers, **kwargs))
+            return teacher_forward(self.teacher, inputs, wanted, layers)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         module = self.accelerator.unwrap_model(model)
-        teacher = self.teacher_outputs(inputs, module.needs, module.layer_map) if module.uses_teacher else Outputs()
+        if not module.uses_teacher:
+            teacher = Outputs()
+        elif self.teacher_cache is not None:  # computed once, before training (compressor/modeling/teacher_cache.py)
+            teacher = self.teacher_cache.outputs(inputs[ROW_COLUMN], inputs["input_ids"].shape[1], self.args.device)
+        else:
+            teacher = self.teacher_outputs(inputs, module.needs, module.layer_map)
         losses = model(teacher=teacher, **{k: v for k, v in inputs.items() if k in (*MODEL_INPUTS, "labels")})
         for name, value in losses.items():
             self._sums[name] += value.detach()

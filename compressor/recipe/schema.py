@@ -211,6 +211,20 @@ class StageConfig(Schedule):
 
 
 @dataclass
+class TeacherCacheConfig:
+    """The teacher's outputs for task stages' rows, computed once and read by every epoch and stage after
+    (``compressor/modeling/teacher_cache.py``): used where a stage's rows are seen more than once (a second
+    epoch, or a later task stage on the same rows and teacher)."""
+
+    enabled: bool = True
+    max_gib: float = 32.0
+    """Compute the teacher on the fly instead when a stage's cache would be larger than this."""
+    cache_dir: str | None = None
+    """Where caches are kept (``None``: ``teacher_outputs/`` in the run folder); runs that share a folder share
+    caches of the same teacher and rows."""
+
+
+@dataclass
 class Recipe:
     task: TaskConfig = field(default_factory=TaskConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -224,6 +238,7 @@ class Recipe:
     """Checkpoint every this many optimiser steps within a stage (resume after a kill)."""
     fp16: bool | None = None
     """Mixed precision; ``None``: on when CUDA is present."""
+    teacher_cache: TeacherCacheConfig = field(default_factory=TeacherCacheConfig)
 
     def stage(self, name: str) -> StageConfig:
         for s in self.stages:

@@ -212,6 +212,8 @@ def stage_inputs(recipe: Recipe, index: int) -> dict[str, Any]:
     parts: dict[str, Any] = {"stages": {s.name: {k: v for k, v in dataclasses.asdict(s).items() if k != "name"}
                                         for s in stages},
                              "order": [s.name for s in stages]}
+    if stages[-1].data == "task":  # cached teacher outputs are fp16: the same losses within fp16 rounding
+        parts["teacher_cache"] = recipe.teacher_cache.enabled
     if any(s.augment for s in stages):
         parts["augment"] = {**augment_identity(recipe), "data": augment_fingerprint(recipe)}
     return {**run_inputs(recipe), **flatten(parts)}

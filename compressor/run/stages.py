@@ -8,25 +8,34 @@ Under ``torchrun`` every rank trains; only rank 0 writes the folder, and the oth
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import transformers
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 from transformers.trainer_utils import get_last_checkpoint
 
+from compressor.modeling.losses import LOSSES, uses_teacher
 from compressor.modeling.student import PROJECTIONS_FILE, build_student, layer_map_for, projections_for, prune_student
-from compressor.modeling.trainer import DistillationModule, DistillationTrainer, training_arguments
+from compressor.modeling.teacher_cache import COMPLETE as CACHE_COMPLETE
+from compressor.modeling.teacher_cache import FORMAT as CACHE_FORMAT
+from compressor.modeling.teacher_cache import ROW_COLUMN, CacheSpec, TeacherCache
+from compressor.modeling.teacher_cache import fill as fill_cache
+from compressor.modeling.trainer import DistillationModule, DistillationTrainer, teacher_forward, training_arguments
 from compressor.run.context import RunContext
+from compressor.run.fingerprint import fingerprint, model_identity
 from compressor.run.runstate import CHECKPOINTS, PRUNE_MARKER, STAGE_MARKER, Result, Status
 from ernie_common.io import atomic_dir, read_json, write_json_atomic
 from ernie_common.params import count_params
 
 log = logging.getLogger(__name__)
+TEACHER_OUTPUTS_DIR = "teacher_outputs"
 
 
 # --------------------------------------------------------------------------- the pruned start
@@ -106,10 +115,15 @@ def run_stage(ctx: RunContext, index: int, result: Result, status: Status, prune
                                 layer_map_for(student.config, teacher.config), stage.temperature)
     ckpt_dir = stage_dir / CHECKPOINTS
     train_rows, rows = ctx.train_data(stage)
+    spec = cache_spec(ctx, index, module)
+    if spec is not None:
+        train_rows = train_rows.add_column(ROW_COLUMN, list(range(len(train_rows))))
     trainer = DistillationTrainer(
         model=module, teacher=teacher, train_dataset=train_rows, data_collator=ctx.collator, callbacks=list(ctx.callbacks),
         args=training_arguments(ckpt_dir, stage, ctx.recipe, logging_dir=str(stage_dir / "logs")),
     )
+    if spec is not None:
+        trainer.teacher_cache = teacher_cache(ctx, stage, spec, trainer, train_rows)
     last = get_last_checkpoint(str(ckpt_dir)) if status is Status.RESUME else None
     if last:
         log.info("stage %s: resuming from %s", stage.name, last)
@@ -122,6 +136,52 @@ def run_stage(ctx: RunContext, index: int, result: Result, status: Status, prune
         save_stage(ctx, stage_dir, module, summary, start)
     ctx.barrier()
     return read_json(stage_dir / STAGE_MARKER)
+
+
+def cache_spec(ctx: RunContext, index: int, module: DistillationModule) -> CacheSpec | None:
+    """What of the teacher's outputs stage ``index`` reads from a cache, or ``None`` (no cache): only task stages
+    whose rows the teacher sees more than once, a second epoch or a later task stage with the same teacher and
+    rows, and then what every such stage's losses read (TAD's latent terms, TSD's logits too)."""
+    stages = ctx.recipe.stages
+    stage = stages[index]
+    if not ctx.recipe.teacher_cache.enabled or stage.data != "task" or not module.uses_teacher:
+        return None
+    same_rows = [s for s in stages if s.data == "task" and s.teacher == stage.teacher and s.augment == stage.augment
+                 and s.max_seq_length == stage.max_seq_length and uses_teacher(s.losses)]
+    if len(same_rows) < 2 and stage.epochs <= 1 and stage.max_steps <= 0:
+        return None
+    terms = {name for s in same_rows for name, weight in s.losses.items() if weight and LOSSES[name].uses_teacher}
+    wanted = frozenset().union(*(LOSSES[name].needs for name in terms))
+    return CacheSpec.for_losses(wanted, module.layer_map, "embedding" in terms, ctx.teacher(stage.teacher).config)
+
+
+def teacher_cache(ctx: RunContext, stage, spec: CacheSpec, trainer: DistillationTrainer, rows) -> TeacherCache | None:
+    """The stage's cache, filled now (each rank its shard) unless a complete one for the same teacher, rows and
+    spec exists; ``None`` when it would exceed ``teacher_cache.max_gib``."""
+    cfg = ctx.recipe.teacher_cache
+    lengths = np.array([len(ids) for ids in rows["input_ids"]], dtype=np.int64)
+    teacher = trainer.teacher
+    size = spec.bytes_for(lengths, int(getattr(teacher.config, "num_labels", 0)))
+    if size > cfg.max_gib * 2**30:
+        log.info("stage %s: the teacher's outputs would take %.1f GiB, over teacher_cache.max_gib %g: computed on "
+                 "the fly", stage.name, size / 2**30, cfg.max_gib)
+        return None
+    digest = hashlib.sha256()
+    columns = [c for c in ("input_ids", "token_type_ids") if c in rows.column_names]
+    for values in zip(*(rows[c] for c in columns)):
+        digest.update(b"|".join(np.asarray(v, np.int32).tobytes() for v in values) + b";")
+    key = fingerprint({"teacher": model_identity(ctx.teacher_source(stage.teacher)), "rows": digest.hexdigest(),
+                       "spec": dataclasses.asdict(spec), "format": CACHE_FORMAT})
+    folder = Path(cfg.cache_dir or ctx.out / TEACHER_OUTPUTS_DIR) / key
+    if not (folder / CACHE_COMPLETE).is_file():
+        log.info("stage %s: no teacher outputs for these inputs (%s): computing them once, %.2f GiB", stage.name,
+                 key, size / 2**30)
+    cache = fill_cache(folder, rows, spec, teacher,
+                       lambda model, batch: teacher_forward(model, batch, spec.wants(), list(spec.attention_layers)),
+                       ctx.collator, rank=ctx.state.process_index, world=ctx.state.num_processes, barrier=ctx.barrier,
+                       autocast=trainer.accelerator.autocast)
+    log.info("stage %s: teacher outputs read from %s (%.2f GiB)", stage.name, folder, size / 2**30)
+    return cache
 
 
 def save_stage(ctx: RunContext, stage_dir: Path, module: DistillationModule, summary: dict[str, Any], start: float) -> None:
