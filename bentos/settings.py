@@ -1,4 +1,5 @@
-"""Serving settings: the environment, read once when ``bentoml serve`` imports the service (in every process).
+"""Serving settings: the environment (``COMPRESSOR_*``), read once when ``bentoml serve`` imports the service
+(in every process), through pydantic-settings: typed, range-checked, one line naming the variable when wrong.
 
 =============================  ==========  =====================================================================
 variable                       default     meaning
@@ -13,7 +14,14 @@ COMPRESSOR_MAX_ITEMS           64          most texts (or pairs) one request may
 COMPRESSOR_MAX_CHARS           10000       most characters in one text; longer ones are refused with a 422
 COMPRESSOR_BATCHING            1           0 turns adaptive batching off (each request runs alone)
 COMPRESSOR_MAX_BATCH_SIZE      64          most texts in one model call
-COMPRESSOR_MAX_LATENCY_MS      10000       BentoML's latency budget: queued requests past it get a 503
+COMPRESSOR_MAX_LATENCY_MS      10000       BentoML's batching latency budget
+COMPRESSOR_MAX_IN_FLIGHT       auto        requests one worker holds (queued + in the model) before it refuses
+                                           more with a 503 and ``Retry-After``: the bound on the queue. auto:
+                                           4 per intra-op thread (see below); 0 turns the bound off
+COMPRESSOR_RETRY_AFTER_S       1           the ``Retry-After`` a refused request is told
+COMPRESSOR_DRAIN_S             2           on SIGTERM: seconds /readyz answers 503 while requests are still
+                                           accepted (a load balancer's time to stop routing here), before the
+                                           worker stops accepting and finishes what it holds
 COMPRESSOR_WORKERS             auto        server processes: one per 4 available cores, at least 1 (1 with a GPU)
 COMPRESSOR_THREADS             auto        intra-op threads per process: the cores divided among the workers
 COMPRESSOR_ACCESS_LOG          1           0 turns BentoML's per-request access log line off (no difference in
@@ -26,46 +34,31 @@ worker batches only the requests its own event loop parsed, so more workers make
 cores with batching on: one worker with 2 threads served 1.2x the requests/s of two with one thread each at 16
 clients). The cores counted (``ernie_common.env.usable_cpus``) honour the process's CPU affinity and a cgroup
 CPU quota (a container's ``--cpus``).
+
+The queue bound keeps the latency of what is accepted near the unloaded latency when more arrives than the
+worker can answer: a request waits behind at most ``MAX_IN_FLIGHT`` others, about two batches' worth at the
+worker's speed, and the excess is refused at once instead of waiting seconds (Little's law: latency = what is
+held / throughput). The default scales with the worker's threads, which is what its throughput scales with.
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Literal, Mapping
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ernie_common.env import usable_cpus
 from ernie_common.errors import UserError
 
+PREFIX = "COMPRESSOR_"
 GPU_BACKENDS = ("tensorrt", "cuda-graphs")  # runtime back ends that only run on a GPU
 CORES_PER_WORKER = 4  # default CPU cores per server process (see the module docstring)
-FLAGS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+IN_FLIGHT_PER_THREAD = 4  # default queue bound per intra-op thread (see the module docstring)
 
 
 class ServiceConfigError(UserError):
     """The serving environment is misconfigured; the message names the variable to fix."""
-
-
-def env_int(name: str, default: int, minimum: int, env: Mapping[str, str] = os.environ) -> int:
-    raw = env.get(name, "").strip()
-    if not raw or raw == "auto":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ServiceConfigError(f"{name}={raw!r} is not an integer: set it to a whole number >= {minimum}") from None
-    if value < minimum:
-        raise ServiceConfigError(f"{name}={value} is below {minimum}: set it to a whole number >= {minimum}")
-    return value
-
-
-def env_flag(name: str, default: bool, env: Mapping[str, str] = os.environ) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw not in FLAGS:
-        raise ServiceConfigError(f"{name}={raw!r} is not a flag: set it to 1 or 0")
-    return FLAGS[raw]
 
 
 def on_gpu(backend: str, driver: Path = Path("/proc/driver/nvidia/version")) -> bool:
@@ -75,45 +68,77 @@ def on_gpu(backend: str, driver: Path = Path("/proc/driver/nvidia/version")) -> 
     return backend in GPU_BACKENDS or (backend != "torch" and driver.exists())
 
 
-@dataclass(frozen=True)
-class Settings:
-    model_dir: str | None
-    backend: str
-    variant: str | None
-    max_items: int
-    max_chars: int
-    batching: bool
-    max_batch_size: int
-    max_latency_ms: int
-    workers: int
-    threads: int
+class Settings(BaseSettings):
+    """The service's settings; ``None`` for ``workers``/``threads``/``max_in_flight`` means "auto" until
+    :meth:`from_env` resolves them for the machine."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, env_ignore_empty=True, extra="ignore", frozen=True)
+
+    model_dir: str | None = None
+    backend: Literal["auto", "torch", "onnxruntime", "tensorrt", "cuda-graphs"] = "auto"
+    variant: Literal["fp32", "optimized", "fp16", "int8"] | None = None
+    max_items: int = Field(64, ge=1)
+    max_chars: int = Field(10_000, ge=1)
+    batching: bool = True
+    max_batch_size: int = Field(64, ge=2)
+    max_latency_ms: int = Field(10_000, ge=1)
+    max_in_flight: int | None = Field(None, ge=0)
+    retry_after_s: int = Field(1, ge=0)
+    drain_s: float = Field(2.0, ge=0)
+    workers: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1)
     access_log: bool = True
 
+    @field_validator("workers", "threads", "max_in_flight", mode="before")
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ, cpus: int | None = None,
+    def _auto(cls, value):
+        return None if isinstance(value, str) and value.strip().lower() == "auto" else value
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, cpus: int | None = None,
                  gpu: bool | None = None) -> "Settings":
-        backend = env.get("COMPRESSOR_BACKEND", "").strip() or "auto"
+        """The settings of ``env`` (default: this process's environment) with the automatic ones resolved for
+        ``cpus`` cores (default: the usable ones) and a GPU or not (default: see :func:`on_gpu`)."""
+        try:
+            if env is None:
+                read = cls()
+            else:
+                read = cls.model_validate({k[len(PREFIX):].lower(): v for k, v in env.items()
+                                           if k.startswith(PREFIX) and v.strip()})
+        except ValidationError as exc:
+            raise ServiceConfigError(_one_line(exc)) from None
         cpus = cpus or usable_cpus()
-        gpu = on_gpu(backend) if gpu is None else gpu
+        gpu = on_gpu(read.backend) if gpu is None else gpu
         # a GPU serves best from one process that batches; on CPUs a process per CORES_PER_WORKER cores
-        workers = env_int("COMPRESSOR_WORKERS", 1 if gpu else max(1, cpus // CORES_PER_WORKER), 1, env)
-        return cls(
-            model_dir=env.get("COMPRESSOR_MODEL_DIR", "").strip() or None,
-            backend=backend,
-            variant=env.get("COMPRESSOR_VARIANT", "").strip() or None,
-            max_items=env_int("COMPRESSOR_MAX_ITEMS", 64, 1, env),
-            max_chars=env_int("COMPRESSOR_MAX_CHARS", 10_000, 1, env),
-            batching=env_flag("COMPRESSOR_BATCHING", True, env),
-            max_batch_size=env_int("COMPRESSOR_MAX_BATCH_SIZE", 64, 2, env),
-            max_latency_ms=env_int("COMPRESSOR_MAX_LATENCY_MS", 10_000, 1, env),
-            workers=workers,
-            threads=env_int("COMPRESSOR_THREADS", max(1, cpus // workers), 1, env),
-            access_log=env_flag("COMPRESSOR_ACCESS_LOG", True, env),
-        )
+        workers = read.workers or (1 if gpu else max(1, cpus // CORES_PER_WORKER))
+        threads = read.threads or max(1, cpus // workers)
+        in_flight = IN_FLIGHT_PER_THREAD * threads if read.max_in_flight is None else read.max_in_flight
+        return read.model_copy(update={"workers": workers, "threads": threads, "max_in_flight": in_flight})
 
     def public(self) -> dict:
         """What /model_info reports."""
         return {"batching": {"enabled": self.batching, "max_batch_size": self.max_batch_size,
                              "max_latency_ms": self.max_latency_ms, "max_items_per_request": self.max_items,
                              "max_chars_per_text": self.max_chars},
+                "admission": {"max_in_flight_per_worker": self.max_in_flight, "retry_after_s": self.retry_after_s},
                 "workers": self.workers, "threads_per_worker": self.threads}
+
+
+def _one_line(exc: ValidationError) -> str:
+    """``COMPRESSOR_X='value' <what is wrong>: <the fix>`` for the first wrong variable."""
+    first = exc.errors(include_url=False)[0]
+    field = str(first["loc"][0])
+    name, value, kind = PREFIX + field.upper(), first.get("input"), first["type"]
+    minimum = next((m.ge for m in Settings.model_fields[field].metadata if hasattr(m, "ge")), None)
+    at_least = f" >= {minimum}" if minimum is not None else ""
+    if kind in ("int_parsing", "int_from_float"):
+        return f"{name}={value!r} is not an integer: set it to a whole number{at_least}"
+    if kind == "float_parsing":
+        return f"{name}={value!r} is not a number: set it to a number{at_least}"
+    if kind == "greater_than_equal":
+        return f"{name}={value!r} is below {minimum}: set it to a number{at_least}"
+    if kind == "bool_parsing":
+        return f"{name}={value!r} is not a flag: set it to 1 or 0"
+    if kind == "literal_error":
+        return f"{name}={value!r} is not one of {first['ctx']['expected']}: pick one"
+    return f"{name}={value!r}: {first['msg']}"

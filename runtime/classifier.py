@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from runtime.backends import BACKENDS, TORCH_BACKENDS, Backend, Threads
-from runtime.encoding import Encoder
+from runtime.encoding import Encoder, is_blank
 from runtime.errors import BackendUnavailable, ModelDirError, gpu_available
 
 MANIFEST = "manifest.json"
@@ -233,7 +233,7 @@ def _check_texts(texts) -> list:
         items = parts = [tuple(t) for t in items]
     else:
         raise TypeError("texts must be all strings or all (text, text_pair) tuples of strings, not a mix")
-    blank = next((i for i, p in enumerate(parts) if not all(s.strip() for s in p)), None)
+    blank = next((i for i, p in enumerate(parts) if any(is_blank(s) for s in p)), None)
     if blank is not None:
         raise ValueError(f"text {blank} is empty or only whitespace: drop it or give it some words")
     return items

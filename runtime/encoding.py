@@ -14,6 +14,19 @@ from runtime.errors import ModelDirError
 
 INPUT_ARRAYS = (("input_ids", "ids"), ("attention_mask", "attention_mask"), ("token_type_ids", "type_ids"))
 
+# What "blank" means, written once: a text made only of these characters has nothing to classify. The union of
+# what Python's str.isspace() and JSON Schema's (ECMA-262) \s call whitespace, so the published pattern and the
+# check agree on every character: C0 separators and NEL are in Python's set only, the byte-order mark in ECMA's.
+BLANK_CHARS = ("\t\n\v\f\r \x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+               "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff")
+NOT_BLANK_PATTERN = "[^" + "".join(f"\\u{ord(c):04x}" for c in BLANK_CHARS) + "]"
+"""A JSON Schema (ECMA-262) and Python ``re`` pattern that a text matches when it has a non-blank character."""
+
+
+def is_blank(text: str) -> bool:
+    """True when ``text`` has no character outside :data:`BLANK_CHARS` (the empty string too)."""
+    return not text.strip(BLANK_CHARS)
+
 
 class Encoder:
     """One tokenisation per call with the fast (Rust) tokenizer: it truncates as HF's ``truncation=True``

@@ -197,3 +197,33 @@ def test_full_scale_refuses_a_machine_without_cuda(reproduce, capsys, tmp_path):
     assert reproduce.main(["--scale", "full", "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "CUDA" in err and len(err.splitlines()) == 1
+
+
+def test_the_base_scale_composes_a_valid_recipe_for_each_of_its_rows(reproduce, glue_dir, corpus_file, tiny_bert_dir):
+    """SST-2 and MRPC, each default row of the base scale: a valid recipe with ERNIE-Tiny's student shape and a
+    cached teacher for the task stages (nothing is trained)."""
+    scale = reproduce.SCALES["base"]
+    assert scale.tasks == ("sst2", "mrpc") and set(scale.arms) == {"p", "f", "g", "h", "e"}
+    plan = reproduce.Plan(scale, list(scale.tasks), [], Path("<out>"), str(tiny_bert_dir), {},
+                          glue_dir=str(glue_dir), corpus=str(corpus_file))
+    for task in scale.tasks:
+        for key in scale.arms:
+            arm = reproduce.ARMS[key]
+            if arm.from_run:  # (p) is (f)'s pruned start: no run of its own
+                continue
+            data = reproduce.compose_recipe(scale, task, arm, plan.settings, str(tiny_bert_dir),
+                                            str(tiny_bert_dir) if arm.after_gd else None)
+            recipe = reproduce.recipe_from_dict(data)
+            student = recipe.student
+            assert (student.num_hidden_layers, student.hidden_size, student.intermediate_size,
+                    student.num_attention_heads) == (4, 312, 1200, 12), (task, key)
+            assert recipe.teacher_cache.enabled and recipe.teacher.finetune.group_by_length
+
+
+def test_the_base_teacher_offline_and_absent_is_one_line(reproduce, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(reproduce, "MPNET_SCRIPT", tmp_path / "no-such-script.sh")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert reproduce.main(["--scale", "base", "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: no local all-mpnet-base-v2")
+    assert "--teacher DIR" in err and "hub is unreachable" in err

@@ -7,19 +7,36 @@ import pytest
 from pydantic import ValidationError
 
 from bentos import contract, service, settings
+from runtime.encoding import BLANK_CHARS, NOT_BLANK_PATTERN, is_blank
 
 
-@pytest.mark.parametrize("raw, message", [("many", "not an integer"), ("0", "below 1")])
-def test_bad_integer_names_the_variable(raw, message):
-    with pytest.raises(settings.ServiceConfigError, match=f"COMPRESSOR_MAX_ITEMS.*{message}"):
-        settings.env_int("COMPRESSOR_MAX_ITEMS", 64, 1, {"COMPRESSOR_MAX_ITEMS": raw})
+@pytest.mark.parametrize("env, message", [
+    ({"COMPRESSOR_MAX_ITEMS": "many"}, "COMPRESSOR_MAX_ITEMS='many' is not an integer: set it to a whole number >= 1"),
+    ({"COMPRESSOR_MAX_ITEMS": "0"}, "COMPRESSOR_MAX_ITEMS='0' is below 1"),
+    ({"COMPRESSOR_BATCHING": "maybe"}, "COMPRESSOR_BATCHING='maybe' is not a flag: set it to 1 or 0"),
+    ({"COMPRESSOR_BACKEND": "tpu"}, "COMPRESSOR_BACKEND='tpu' is not one of 'auto', 'torch'"),
+    ({"COMPRESSOR_DRAIN_S": "soon"}, "COMPRESSOR_DRAIN_S='soon' is not a number"),
+    ({"COMPRESSOR_MAX_IN_FLIGHT": "-1"}, "COMPRESSOR_MAX_IN_FLIGHT='-1' is below 0"),
+])
+def test_a_bad_variable_is_one_line_naming_it(env, message):
+    with pytest.raises(settings.ServiceConfigError) as err:
+        settings.Settings.from_env(env, cpus=2, gpu=False)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
-def test_flags_and_defaults():
-    assert settings.env_flag("COMPRESSOR_BATCHING", True, {}) is True
-    assert settings.env_flag("COMPRESSOR_BATCHING", True, {"COMPRESSOR_BATCHING": "off"}) is False
-    with pytest.raises(settings.ServiceConfigError, match="COMPRESSOR_BATCHING"):
-        settings.env_flag("COMPRESSOR_BATCHING", True, {"COMPRESSOR_BATCHING": "maybe"})
+def test_flags_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv("COMPRESSOR_BATCHING", "off")
+    monkeypatch.setenv("COMPRESSOR_MAX_ITEMS", "7")
+    monkeypatch.setenv("COMPRESSOR_VARIANT", "")  # empty is unset
+    read = settings.Settings.from_env(cpus=2, gpu=False)
+    assert (read.batching, read.max_items, read.variant) == (False, 7, None)
+
+
+def test_the_queue_bound_follows_the_threads_and_can_be_set_or_turned_off():
+    assert settings.Settings.from_env({}, cpus=2, gpu=False).max_in_flight == 2 * settings.IN_FLIGHT_PER_THREAD
+    assert settings.Settings.from_env({}, cpus=8, gpu=False).max_in_flight == 4 * settings.IN_FLIGHT_PER_THREAD
+    assert settings.Settings.from_env({"COMPRESSOR_MAX_IN_FLIGHT": "3"}, cpus=8, gpu=False).max_in_flight == 3
+    assert settings.Settings.from_env({"COMPRESSOR_MAX_IN_FLIGHT": "0"}, cpus=8, gpu=False).max_in_flight == 0
 
 
 def test_workers_and_threads_follow_the_machine():
@@ -98,7 +115,8 @@ def test_schema_follows_the_models_input_kind(monkeypatch):
     monkeypatch.setattr(service.ClassifyInput, "model_is_pair", None)
     both = service.ClassifyInput.model_json_schema()
     assert set(both["properties"]) == {"texts", "pairs"} and both["additionalProperties"] is False
-    assert both["properties"]["texts"]["items"] == {"type": "string", "maxLength": 10_000, "pattern": r"\S"}
+    assert both["properties"]["texts"]["items"] == {"type": "string", "maxLength": 10_000,
+                                                    "pattern": NOT_BLANK_PATTERN}
     monkeypatch.setattr(service.ClassifyInput, "model_is_pair", True)
     pairs = service.ClassifyInput.model_json_schema()
     assert set(pairs["properties"]) == {"pairs"} and pairs["required"] == ["pairs"] and "oneOf" not in pairs
@@ -148,3 +166,65 @@ def test_access_log_setting_reaches_bentoml():
     with pytest.raises(settings.ServiceConfigError, match="COMPRESSOR_ACCESS_LOG"):
         settings.Settings.from_env({"COMPRESSOR_ACCESS_LOG": "sometimes"}, cpus=2, gpu=False)
     assert service.TextClassifier.config["logging"]["access"]["enabled"] is service.SETTINGS.access_log
+
+
+def test_blank_is_one_definition_for_the_schema_and_the_check():
+    """Every character the published pattern calls blank, the validator refuses as blank, and the other way
+    round, over the whole Basic Multilingual Plane and beyond (Python's and JSON Schema's whitespace differ:
+    C0 separators and NEL are only Python's, the byte-order mark only ECMA-262's)."""
+    import re
+
+    pattern = re.compile(NOT_BLANK_PATTERN)
+    disagree = [hex(c) for c in range(0x30000) if bool(pattern.search(chr(c))) == is_blank(chr(c))]
+    assert not disagree
+    assert {"\x1d", "\x85", "\ufeff", "\u3000"} <= set(BLANK_CHARS)
+    for text in ("\x1d", "\ufeff \x85", "\u2003\t"):
+        err = rejected(json.dumps({"texts": ["00\x89", text]}))
+        assert err.error_code == 400 and "texts.1" in err.message
+    assert service.ClassifyRequest.model_validate_json(json.dumps({"texts": ["00\x89", "\x1dx"]})).texts
+
+
+async def _call(app, path: str) -> tuple[int, dict, bytes]:
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    await app({"type": "http", "path": path, "method": "POST", "headers": []}, receive, send)
+    return sent[0]["status"], dict(sent[0].get("headers", [])), b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_the_queue_bound_refuses_the_excess_at_once_with_retry_after():
+    """With 3 requests held by the app behind it, the 4th /classify is refused at once: 503, Retry-After, the
+    contract's one-line body; other routes pass; once one finishes, a new one is admitted."""
+    import asyncio
+
+    from bentos.admission import AdmissionMiddleware
+
+    async def scenario():
+        release = asyncio.Event()
+        calls = []
+
+        async def app(scope, receive, send):
+            calls.append(scope["path"])
+            if scope["path"] == "/classify":
+                await release.wait()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"[]"})
+
+        bounded = AdmissionMiddleware(app, paths={"/classify"}, limit=3, retry_after_s=2)
+        held = [asyncio.create_task(_call(bounded, "/classify")) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        status, headers, body = await asyncio.wait_for(_call(bounded, "/classify"), 1)
+        assert (status, headers[b"retry-after"]) == (503, b"2")
+        assert "COMPRESSOR_MAX_IN_FLIGHT" in json.loads(body)["error"] and len(calls) == 3
+        assert (await asyncio.wait_for(_call(bounded, "/model_info"), 1))[0] == 200
+        release.set()
+        assert [(await t)[0] for t in held] == [200, 200, 200]
+        assert (await asyncio.wait_for(_call(bounded, "/classify"), 1))[0] == 200
+        assert bounded.in_flight == 0
+
+    asyncio.run(scenario())
