@@ -194,3 +194,20 @@ def test_fp16_that_cuda_cannot_start_is_recorded_not_passed(monkeypatch, tiny_be
     manifest = export(tiny_bert_dir, tmp_path / "out", ExportOptions(optimize=None, fp16=True), log=lambda *_: None)
     fp16 = manifest["parity"]["fp16"]
     assert fp16["status"] == "not verified" and "could not start CUDAExecutionProvider" in fp16["reason"]
+
+
+def test_cli_flags_are_the_options_fields_with_their_defaults(tmp_path):
+    """Every ExportOptions field but the regression tolerances is a flag whose default is the field's own."""
+    import dataclasses
+
+    from runtime.export import build_parser
+
+    parser = build_parser()
+    args = vars(parser.parse_args([str(tmp_path), "--out", str(tmp_path / "o")]))
+    fields = {f.name for f in dataclasses.fields(ExportOptions)} - {"regression_atol"}
+    assert fields <= args.keys()
+    assert ExportOptions(**{k: args[k] for k in fields}) == ExportOptions()
+    flags = vars(parser.parse_args([str(tmp_path), "--out", "o", "--no-optimize", "--max-batch", "8", "--int8",
+                                    "--parity-data", "dev.tsv", "--int8-min-agreement", "0.9"]))
+    assert (flags["optimize"], flags["max_batch"], flags["int8"], str(flags["parity_data"]),
+            flags["int8_min_agreement"]) == (None, 8, True, "dev.tsv", 0.9)
