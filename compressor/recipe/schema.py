@@ -71,7 +71,8 @@ def _number_type(tp: type, **bounds: float) -> Any:
 
 
 Int = _number_type(int)
-Count = _number_type(int, gt=0)
+Count = _number_type(int, ge=1)
+PositiveInt = _number_type(int, gt=0)
 NonNegativeInt = _number_type(int, ge=0)
 Float = _number_type(float)
 NonNegative = _number_type(float, ge=0)
@@ -229,9 +230,9 @@ class GeneralDataConfig(Section):
     text_column: str = "text"
     streaming: bool = True
     """Read the hub dataset as a stream (no full download); ``false`` downloads the split first."""
-    max_blocks: Count | None = None
+    max_blocks: PositiveInt | None = None
     """Stop after this many packed blocks (``None``: the whole corpus)."""
-    num_proc: Count | None = None
+    num_proc: PositiveInt | None = None
     """Processes that tokenise (``None``: one per CPU core)."""
     cache_dir: str | None = None
     """Where packed corpora are kept (``None``: ``compressor_packed/`` in the ``datasets`` cache)."""
@@ -352,10 +353,12 @@ def describe_error(error: ErrorDetails, root: type[BaseModel] | None = None) -> 
         return f"unknown key '{where}'; valid keys here: {', '.join(model.model_fields)}"
     if kind == "literal_error":
         path = loc[:-2] if loc[-1] == "[key]" else loc  # a mapping's key (a loss name): the mapping is the place
-        where, name = dotted(path), path[-1]
-        field = _model_at(root, path[:-1]).model_fields[name]
+        title = _model_at(root, path[:-1]).model_fields[path[-1]].title
         choices = ", ".join(re.findall(r"'([^']*)'", ctx["expected"]))
-        return f"{where}: unknown {field.title or name} {value!r}; {name} must be one of {choices}"
+        if title:  # the kind of thing the value names: "unknown task 'glue-sst3'"
+            keys = " keys" if loc[-1] == "[key]" else ""
+            return f"unknown {title} {value!r}: {dotted(path)}{keys} must be one of {choices}"
+        return f"{where} must be one of {choices}, got {value!r}"
     if kind in _WRONG_TYPE:
         return f"{where} must be {_WRONG_TYPE[kind]}, got {value!r}"
     if kind in _BOUNDS:

@@ -296,14 +296,14 @@ def test_the_printed_schema_refuses_what_load_recipe_refuses(capsys, mutate):
     (lambda d: d["stages"][2].update(epochs=True), "stages[2].epochs must be a number, got True"),
     (lambda d: d["stages"][1]["losses"].update(hidden="x"), "stages[1].losses.hidden must be a number, got 'x'"),
     (lambda d: d["stages"][0]["losses"].update(cosine=1.0),
-     "stages[0].losses: unknown loss 'cosine'; losses must be one of hidden, attention, embedding, soft, hard"),
+     "unknown loss 'cosine': stages[0].losses keys must be one of hidden, attention, embedding, soft, hard"),
     (lambda d: d["student"].update(prune={"layers": "best"}),
-     "student.prune.layers: unknown layers 'best'; layers must be one of auto, uniform, importance"),
+     "student.prune.layers must be one of auto, uniform, importance, got 'best'"),
     (lambda d: d["stages"][1].pop("name"), "stages[1].name is missing"),
     (lambda d: d["task"].update(text_columns=["a", "b", "c"]), "task.text_columns must be at most 2 items"),
     (lambda d: d["stages"][0].update(temperature=0), "stages[0].temperature must be positive, got 0"),
     (lambda d: d.update(augment={"mlm": {"p": 1.5, "copies": 0}}),
-     "augment.mlm.copies must be positive, got 0 (and 1 more)"),
+     "augment.mlm.copies must be at least 1, got 0 (and 1 more)"),
     (lambda d: d["task"].update(nmae="x"), "valid keys here: name, glue_dir, train_file, validation_file"),
 ])
 def test_pydantic_errors_read_as_one_located_line(tmp_path, demo, mutate, message):

@@ -73,5 +73,5 @@ def test_the_cli_states_the_recipe_defaults_and_flags_land_in_the_recipe_section
     ft, task = FinetuneConfig(**picked(args, sections["finetune"])), TaskConfig(**picked(args, sections["task"]))
     assert (ft.sample_rows, ft.epochs, ft.group_by_length, ft.learning_rate) == (8, 2.0, True, 2e-5)
     assert (task.max_train_samples, task.text_columns, args.seed) == (50, ["a", "b"], 3)
-    with pytest.raises(ConfigError, match=r"^teacher\.finetune\.batch_size must be positive, got 0$"):
+    with pytest.raises(ConfigError, match=r"^teacher\.finetune\.batch_size must be at least 1, got 0$"):
         parse(Recipe, {"teacher": {"finetune": {"batch_size": 0}}})
