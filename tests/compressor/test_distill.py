@@ -335,10 +335,12 @@ def test_teacher_dev_metrics_are_measured_once_and_are_what_a_pipeline_measures(
     dev = teacher_dev(ctx)
     assert dev["accuracy"] == pytest.approx(_pipeline_metric(tiny_bert_dir, recipe.task),
                                             abs=_same_model_tolerance("accuracy", recipe))
-    assert teacher_dev(ctx) == dev and len(measured) == 1
+    assert teacher_dev(ctx) == dev
+    assert len(measured) == 1
     record = tmp_path / "run" / TEACHER_DEV
     record.write_text(json.dumps({"fingerprint": "another teacher", "dev": {"accuracy": -1.0}}))
-    assert teacher_dev(ctx) == dev and len(measured) == 2
+    assert teacher_dev(ctx) == dev
+    assert len(measured) == 2
 
 
 def test_teacher_dev_metrics_run_on_the_training_device(tmp_path, tiny_bert_dir, tiny_recipe, write_recipe,

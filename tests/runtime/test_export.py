@@ -161,7 +161,8 @@ def test_fp16_parity_without_a_gpu_is_measured_and_recorded_on_the_cpu(tiny_expo
     """No GPU here: the fp16 graph's parity is measured on the CPU, and the manifest says so (a serving machine
     with a GPU and onnxruntime-gpu measures it on the CUDA EP: test_fp16_parity_on_a_gpu_is_measured_on_cuda)."""
     fp16 = _manifest(tiny_export)["parity"]["fp16"]
-    assert (fp16["status"], fp16["device"], fp16["n"]) == ("passed", "cpu", 32)
+    assert (fp16["status"], fp16["device"]) == ("passed", "cpu"), fp16
+    assert fp16["n"] == 32
     assert fp16["max_abs_logit_diff"] < 5e-2 and fp16["label_agreement"] >= 0.995
 
 
@@ -207,9 +208,8 @@ def test_cli_flags_are_the_options_fields_with_their_defaults(tmp_path):
 
     parser = build_parser()
     args = vars(parser.parse_args([str(tmp_path), "--out", str(tmp_path / "o")]))
-    fields = {f.name for f in dataclasses.fields(ExportOptions)} - {"regression_atol"}
-    assert fields <= args.keys()
-    assert ExportOptions(**{k: args[k] for k in fields}) == ExportOptions()
+    defaults = {k: v for k, v in dataclasses.asdict(ExportOptions()).items() if k != "regression_atol"}
+    assert {k: args.get(k) for k in defaults} == defaults
     flags = vars(parser.parse_args([str(tmp_path), "--out", "o", "--no-optimize", "--max-batch", "8", "--int8",
                                     "--parity-data", "dev.tsv", "--int8-min-agreement", "0.9"]))
     assert (flags["optimize"], flags["max_batch"], flags["int8"], str(flags["parity_data"]),
