@@ -23,7 +23,6 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import datasets
@@ -72,7 +71,7 @@ def train_once(arm: str, data, recipe, stage, teacher, tokenizer, steps: int, ou
     transformers.set_seed(recipe.seed)
     # a student cut from the teacher (init: pruned) has the recipe's shape, so a random one of that shape
     # does the same arithmetic without the pruning run
-    shape = replace(recipe.student, init="random") if recipe.student.init == "pruned" else recipe.student
+    shape = recipe.student.model_copy(update={"init": "random"}) if recipe.student.init == "pruned" else recipe.student
     student = build_student(shape, teacher, GLUE_TASKS[recipe.task.name])
     module = DistillationModule(student, projections_for(student, teacher), stage.losses,
                                 layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers))

@@ -21,6 +21,7 @@ Under ``torchrun`` every rank runs this file unchanged; only rank 0 writes.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -30,7 +31,7 @@ import transformers
 from transformers import TrainerCallback
 
 from compressor.modeling.trainer import process_state
-from compressor.recipe.schema import Recipe, load_recipe
+from compressor.recipe.schema import Recipe, load_recipe, recipe_schema
 from compressor.run.context import RunContext
 from compressor.run.preflight import preflight
 from compressor.run.publish import publish_final, publish_report, teacher_dev
@@ -82,11 +83,18 @@ def print_report(output_dir: str | Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m compressor.distill", description=__doc__.splitlines()[0],
                                 epilog="Any recipe key can be overridden: --stages.tsd.epochs 3 --task.max_train_samples 2000")
-    p.add_argument("--config", required=True, action="append",
+    p.add_argument("--config", action="append",
                    help="YAML recipe (see compressor/configs/); repeat to lay overlays over it, in order "
                         "(e.g. --config configs/sst2.yaml --config configs/scales/demo.yaml)")
-    p.add_argument("--output-dir", required=True, help="run directory; rerun the same command to resume")
+    p.add_argument("--output-dir", help="run directory; rerun the same command to resume")
+    p.add_argument("--print-schema", action="store_true",
+                   help="print the recipe's JSON schema (for editors that check YAML as it is typed) and exit")
     args, overrides = p.parse_known_args(argv)
+    if args.print_schema:
+        print(json.dumps(recipe_schema(), indent=2))
+        return 0
+    if not args.config or not args.output_dir:
+        p.error("--config and --output-dir are required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     transformers.logging.set_verbosity_warning()
     run(load_recipe(args.config, overrides), args.output_dir)

@@ -160,17 +160,13 @@ def _tensorrt_ep_options(device_id: int, onnx_path: Path, cache_dir: str | Path 
     graph input, and an engine + timing cache (default: ``trt_cache/`` beside the model). Without the profile the
     EP builds an engine for the first shape it sees and rebuilds on every larger one, at request time; without
     the cache every process start rebuilds it."""
-    import onnx
+    from runtime.tensorrt import onnx_profile
 
-    from runtime.tensorrt import profile_shapes
-
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    initialisers = {t.name for t in graph.initializer}
-    names = [i.name for i in graph.input if i.name not in initialisers]
-    shapes = profile_shapes(max_batch, max_seq)
+    by_input = onnx_profile(onnx_path, max_batch, max_seq)
     cache = str(cache_dir if cache_dir is not None else onnx_path.parent / "trt_cache")
-    profile = {f"trt_profile_{kind}_shapes": ",".join(f"{n}:{shape[0]}x{shape[1]}" for n in names)
-               for kind, shape in (("min", shapes.min), ("opt", shapes.opt), ("max", shapes.max))}
+    profile = {f"trt_profile_{kind}_shapes": ",".join(f"{n}:{getattr(s, kind)[0]}x{getattr(s, kind)[1]}"
+                                                      for n, s in by_input.items())
+               for kind in ("min", "opt", "max")}
     return {"device_id": device_id, "trt_fp16_enable": True, **profile,
             "trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
             "trt_timing_cache_enable": True, "trt_timing_cache_path": cache}

@@ -22,12 +22,14 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
 from ernie_common.env import library_versions
 from ernie_common.errors import UserError, cli
 from ernie_common.io import atomic_dir
+from ernie_common.options import add_options
 from ernie_common.tables import TableError, read_examples
 from runtime import backends
 from runtime.backends import BackendUnavailable, onnxruntime_backend, torch_backend
@@ -42,7 +44,8 @@ from runtime.classifier import (
 )
 from runtime.encoding import Encoder
 
-OPTIMIZE_LEVELS = ("O1", "O2", "O3", "O4")
+OptimizeLevel = Literal["O1", "O2", "O3", "O4"]
+OPTIMIZE_LEVELS = get_args(OptimizeLevel)
 FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "EmbedLayerNormalization",
              "BiasGelu", "FastGelu", "Gelu", "LayerNormalization")
 VERSIONED = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-gpu",
@@ -99,25 +102,35 @@ class ExportError(UserError):
     """The export cannot go on (a tool failed, or a variant failed parity); the message says why and what to do."""
 
 
+def _option(default, help: str, **kwargs):
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
 @dataclass
 class ExportOptions:
-    """What to build; the CLI flags map one-to-one onto these fields."""
+    """What to build. The CLI's flags are generated from these fields (``--max-batch`` for ``max_batch``, with its
+    default and help), so each is stated here once."""
 
-    optimize: str | None = "O2"
-    fp16: bool = False
-    int8: bool = False
-    tensorrt: bool = False
-    max_batch: int = 64
-    max_seq: int = 128
-    pad_heads: bool = False
-    opset: int | None = None
-    parity_data: Path | None = None
-    parity_limit: int = 512
-    min_agreement: float = 0.995
-    int8_min_agreement: float = 0.95
+    optimize: OptimizeLevel | None = _option(
+        "O2", "ORTOptimizer level for model_optimized.onnx (O4 = O3 + an fp16 variant)")
+    fp16: bool = _option(False, "also build model_fp16.onnx (ORT mixed precision, GPU)")
+    int8: bool = _option(False, "also build model_int8.onnx (dynamic quantisation, CPU)")
+    tensorrt: bool = _option(False, "also build a TensorRT FP16 engine (needs GPU + tensorrt)")
+    max_batch: int = _option(64, "TensorRT profile: largest batch")
+    max_seq: int = _option(128, "parity truncation and TensorRT profile: longest sequence")
+    pad_heads: bool = _option(False, "pad attention heads to a multiple of 8 (exact)")
+    opset: int | None = _option(None, "ONNX opset (default: optimum's for the model)")
+    parity_data: Path | None = _option(
+        None, "GLUE TSV of real sentences for parity (e.g. ../shared/data/glue/SST-2/dev.tsv; default: built-in "
+              "review sentences)")
+    parity_limit: int = _option(512, "sentences of --parity-data to use")
+    min_agreement: float = _option(0.995, "label agreement floor for fp32/fp16")
+    int8_min_agreement: float = _option(0.95, "label agreement floor for int8 (the real MiniLM measures 95.5% on "
+                                              "SST-2 dev)")
     regression_atol: dict = field(default_factory=lambda: {"fp32": 1e-3, "optimized": 1e-2, "fp16": 5e-2,
                                                            "int8": 0.25, "tensorrt": 5e-2})
-    overwrite: bool = False
+    """Largest |logit difference| each variant of a regression model may show (no CLI flag)."""
+    overwrite: bool = _option(False, "replace an existing export directory")
 
     def __post_init__(self):
         if self.optimize is not None and self.optimize not in OPTIMIZE_LEVELS:
@@ -489,35 +502,15 @@ def build_parser() -> argparse.ArgumentParser:
                                             "TensorRT, each variant checked against PyTorch on real sentences.")
     p.add_argument("model_dir", type=Path, help="HF sequence-classification directory (config with id2label)")
     p.add_argument("--out", type=Path, required=True, help="export directory to create")
-    p.add_argument("--optimize", choices=OPTIMIZE_LEVELS, default="O2",
-                   help="ORTOptimizer level for model_optimized.onnx (O4 = O3 + an fp16 variant); default O2")
+    add_options(p, ExportOptions, skip=("regression_atol",))
     p.add_argument("--no-optimize", dest="optimize", action="store_const", const=None,
                    help="skip the ORT-optimised graph")
-    p.add_argument("--fp16", action="store_true", help="also build model_fp16.onnx (ORT mixed precision, GPU)")
-    p.add_argument("--int8", action="store_true", help="also build model_int8.onnx (dynamic quantisation, CPU)")
-    p.add_argument("--tensorrt", action="store_true", help="also build a TensorRT FP16 engine (needs GPU + tensorrt)")
-    p.add_argument("--max-batch", type=int, default=64, help="TensorRT profile: largest batch (default 64)")
-    p.add_argument("--max-seq", type=int, default=128,
-                   help="parity truncation and TensorRT profile: longest sequence (default 128)")
-    p.add_argument("--pad-heads", action="store_true", help="pad attention heads to a multiple of 8 (exact)")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: optimum's for the model)")
-    p.add_argument("--parity-data", type=Path, default=None,
-                   help="GLUE TSV of real sentences for parity (e.g. ../shared/data/glue/SST-2/dev.tsv)")
-    p.add_argument("--parity-limit", type=int, default=512, help="sentences of --parity-data to use")
-    p.add_argument("--min-agreement", type=float, default=0.995, help="label agreement floor for fp32/fp16")
-    p.add_argument("--int8-min-agreement", type=float, default=0.95,
-                   help="label agreement floor for int8 (default 0.95; the real MiniLM measures 95.5%% on SST-2 dev)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing export directory")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    options = ExportOptions(
-        optimize=args.optimize, fp16=args.fp16, int8=args.int8, tensorrt=args.tensorrt,
-        max_batch=args.max_batch, max_seq=args.max_seq, pad_heads=args.pad_heads, opset=args.opset,
-        parity_data=args.parity_data, parity_limit=args.parity_limit, min_agreement=args.min_agreement,
-        int8_min_agreement=args.int8_min_agreement, overwrite=args.overwrite)
+    options = ExportOptions(**{name: value for name, value in vars(args).items() if name not in ("model_dir", "out")})
     export(args.model_dir, args.out, options)
     print(f"wrote {args.out}/ ({MANIFEST} lists every file and its parity)")
     return 0

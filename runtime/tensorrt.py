@@ -38,6 +38,18 @@ class ProfileShapes:
     opt: tuple[int, int]
     max: tuple[int, int]
 
+    def fits(self, shape: tuple) -> bool:
+        return len(shape) == 2 and all(lo <= s <= hi for lo, s, hi in zip(self.min, shape, self.max))
+
+    def refusal(self, shape: tuple, engine: Path) -> ValueError:
+        """The one-line error for a ``shape`` outside this profile of ``engine``, naming the rebuild that fits it."""
+        batch, seq = (tuple(shape) + (0, 0))[:2]
+        return ValueError(f"input shape {tuple(shape)} is outside the engine's optimisation profile (batch "
+                          f"{self.min[0]}..{self.max[0]}, sequence {self.min[1]}..{self.max[1]}) of {engine}: send "
+                          f"smaller batches / truncate (runtime.Classifier does), or rebuild with `python -m "
+                          f"runtime.export ... --tensorrt --max-batch {max(batch, self.max[0])} --max-seq "
+                          f"{max(seq, self.max[1])}`")
+
 
 def profile_shapes(max_batch: int, max_seq: int, opt_batch: int | None = None,
                    opt_seq: int | None = None) -> ProfileShapes:
@@ -50,6 +62,38 @@ def profile_shapes(max_batch: int, max_seq: int, opt_batch: int | None = None,
     if not (1 <= opt_batch <= max_batch and 1 <= opt_seq <= max_seq):
         raise ValueError(f"opt shape ({opt_batch}, {opt_seq}) is outside (1..{max_batch}, 1..{max_seq})")
     return ProfileShapes((1, 1), (opt_batch, opt_seq), (max_batch, max_seq))
+
+
+def onnx_profile(onnx_path: str | Path, max_batch: int, max_seq: int, opt_batch: int | None = None,
+                 opt_seq: int | None = None) -> dict[str, ProfileShapes]:
+    """The optimisation profile of an exported graph: :func:`profile_shapes` for each of its inputs (initialisers
+    are not inputs). Raises ValueError, before any engine is built, for an input that is not (batch, sequence)
+    or that fixes a dimension the profile varies (a graph exported without dynamic axes)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initialisers = {t.name for t in graph.initializer}
+    shapes = profile_shapes(max_batch, max_seq, opt_batch, opt_seq)
+    profile = {}
+    for value in (v for v in graph.input if v.name not in initialisers):
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        if len(dims) != 2:
+            raise ValueError(f"{onnx_path}: input {value.name!r} has {len(dims)} dimensions, not (batch, sequence)")
+        for size, low, high, what in zip(dims, shapes.min, shapes.max, ("batch", "sequence")):
+            if size is not None and not low == size == high:
+                raise ValueError(f"{onnx_path}: input {value.name!r} has a fixed {what} of {size} but the profile spans "
+                                 f"{low}..{high}: export with dynamic axes (python -m runtime.export does)")
+        profile[value.name] = shapes
+    return profile
+
+
+def fp16_graph(model):
+    """``model`` (an FP32 ``onnx.ModelProto``) converted to FP16 for a strongly typed TensorRT network: weights
+    and activations in FP16 except :data:`FP32_OPS` (and ONNX Runtime's own block list), with the int64 inputs
+    and the fp32 logits kept as they are, so callers feed and read the same tensors as the FP32 graph."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    return convert_float_to_float16(model, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OPS])
 
 
 @dataclass
@@ -89,18 +133,15 @@ def _precision_setup(trt, onnx_path: Path, scratch: Path) -> tuple[int, list, Pa
 
     TensorRT 10 builds the FP32 graph with ``BuilderFlag.FP16`` (weak typing: it may pick FP16 kernels).
     TensorRT 11 removed that flag and builds strongly typed networks only, so the precision must be in the
-    graph itself: the FP32 graph is converted to FP16 (ONNX Runtime's converter; LayerNorm, Softmax and the
-    int64 inputs / fp32 logits kept as they are) into ``scratch`` and built strongly typed.
+    graph itself: the FP32 graph is converted to FP16 (:func:`fp16_graph`) into ``scratch`` and built strongly
+    typed.
     """
     if hasattr(trt.BuilderFlag, "FP16"):
         return 0, [trt.BuilderFlag.FP16], onnx_path, "fp16 kernels allowed (BuilderFlag.FP16, weakly typed network)"
     import onnx
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True,
-                                     op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OPS])
     converted = scratch / "model_fp16_strongly_typed.onnx"
-    onnx.save(model, str(converted))
+    onnx.save(fp16_graph(onnx.load(str(onnx_path))), str(converted))
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     return flags, [], converted, f"fp16 graph (strongly typed network; {', '.join(FP32_OPS)} kept in fp32)"
 
@@ -125,20 +166,23 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, max_batch: int = 64
     import torch
 
     out_dir = Path(out_dir)
+    shapes = profile_shapes(max_batch, max_seq, opt_batch, opt_seq)
+    by_input = onnx_profile(onnx_path, max_batch, max_seq, opt_batch, opt_seq)  # the same range for every input
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     with tempfile.TemporaryDirectory(prefix="runtime-trt-") as scratch:
         network_flags, builder_flags, graph, precision = _precision_setup(trt, Path(onnx_path), Path(scratch))
         network, _parser = _parse_onnx(trt, builder, logger, graph, network_flags)
-        shapes = profile_shapes(max_batch, max_seq, opt_batch, opt_seq)
+        inputs = [network.get_input(i).name for i in range(network.num_inputs)]
+        if sorted(inputs) != sorted(by_input):
+            raise RuntimeError(f"TensorRT parsed inputs {inputs} from {onnx_path}, which declares {list(by_input)}")
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
         for flag in builder_flags:
             config.set_flag(flag)
         profile = builder.create_optimization_profile()
-        inputs = [network.get_input(i).name for i in range(network.num_inputs)]
-        for name in inputs:
-            profile.set_shape(name, shapes.min, shapes.opt, shapes.max)
+        for name, span in by_input.items():
+            profile.set_shape(name, span.min, span.opt, span.max)
         config.add_optimization_profile(profile)
         cache_path = out_dir / TIMING_CACHE_NAME
         cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
@@ -149,7 +193,7 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, max_batch: int = 64
     engine_path = out_dir / ENGINE_NAME
     write_atomic(engine_path, lambda f: f.write_bytes(bytes(serialized)))
     write_atomic(cache_path, lambda f: f.write_bytes(bytes(config.get_timing_cache().serialize())))
-    settings = BuildSettings(Path(onnx_path).name, inputs, shapes, precision=precision, workspace_mb=workspace_mb,
+    settings = BuildSettings(Path(onnx_path).name, list(by_input), shapes, precision=precision, workspace_mb=workspace_mb,
                              tensorrt_version=trt.__version__, gpu=torch.cuda.get_device_name())
     write_atomic(out_dir / SETTINGS_NAME, lambda f: f.write_text(settings.to_json()))
     return engine_path
@@ -179,41 +223,29 @@ class EngineRunner:
         self.output = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
         self._input_types = {n: trt.nptype(engine.get_tensor_dtype(n)) for n in self.input_names}
         self._output_dtype = torch.float16 if engine.get_tensor_dtype(self.output) == trt.DataType.HALF else torch.float32
-        low, _, high = engine.get_tensor_profile_shape(self.input_names[0], 0)
-        self.min_shape, self.max_shape = tuple(low), tuple(high)
+        self.profile = ProfileShapes(*(tuple(s) for s in engine.get_tensor_profile_shape(self.input_names[0], 0)))
 
     @property
     def max_batch(self) -> int:
-        return self.max_shape[0]
+        return self.profile.max[0]
 
     @property
     def max_seq(self) -> int:
-        return self.max_shape[1]
-
-    def _check_shape(self, shape: tuple) -> None:
-        if len(shape) != 2 or not all(lo <= s <= hi for lo, s, hi in zip(self.min_shape, shape, self.max_shape)):
-            raise self._shape_error(shape)
-
-    def _shape_error(self, shape: tuple) -> ValueError:
-        batch, seq = (tuple(shape) + (0, 0))[:2]
-        return ValueError(f"input shape {tuple(shape)} is outside the engine's optimisation profile (batch "
-                          f"{self.min_shape[0]}..{self.max_batch}, sequence {self.min_shape[1]}..{self.max_seq}) of "
-                          f"{self.path}: send smaller batches / truncate (runtime.Classifier does), or rebuild with "
-                          f"`python -m runtime.export ... --tensorrt --max-batch {max(batch, self.max_batch)} "
-                          f"--max-seq {max(seq, self.max_seq)}`")
+        return self.profile.max[1]
 
     def __call__(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         import torch
 
         arrays = {n: np.ascontiguousarray(feed[n], dtype=self._input_types[n]) for n in self.input_names}
         for array in arrays.values():
-            self._check_shape(array.shape)
+            if not self.profile.fits(array.shape):
+                raise self.profile.refusal(array.shape, self.path)
         on_gpu = self.device.type == "cuda"
         with self._lock, (torch.cuda.stream(self.stream) if on_gpu else contextlib.nullcontext()):
             tensors = {n: torch.from_numpy(a).to(self.device) for n, a in arrays.items()}
             for name, tensor in tensors.items():
                 if not self.context.set_input_shape(name, tuple(tensor.shape)):
-                    raise self._shape_error(tuple(tensor.shape))
+                    raise self.profile.refusal(tuple(tensor.shape), self.path)
                 self.context.set_tensor_address(name, tensor.data_ptr())
             out_shape = tuple(self.context.get_tensor_shape(self.output))
             if any(d < 0 for d in out_shape):

@@ -21,7 +21,6 @@ and loaded from there afterwards.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -199,7 +198,7 @@ def fingerprint(cfg: AugmentConfig, task_train: datasets.Dataset, general: Gener
     :func:`compressor.run.fingerprint.augment_fingerprint` that its augmented stages' fingerprints also hold."""
     corpus = {"files": [(Path(f).name, Path(f).stat().st_size) for f in general.files if Path(f).is_file()],
               "dataset": [general.dataset, general.dataset_config, general.split, general.text_column]}
-    blob = json.dumps({"augment": dataclasses.asdict(cfg), "task": task_train._fingerprint, "rows": len(task_train),
+    blob = json.dumps({"augment": cfg.model_dump(), "task": task_train._fingerprint, "rows": len(task_train),
                        "general": corpus, "seed": seed}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

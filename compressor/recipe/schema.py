@@ -1,4 +1,4 @@
-"""Recipes as data: a YAML file (plus YAML overlays and ``--dotted.key value`` overrides) becomes typed dataclasses.
+"""Recipes as data: a YAML file (plus YAML overlays and ``--dotted.key value`` overrides) becomes typed pydantic models.
 
 A recipe names the teachers, the student's shape and initialisation, the task, the general corpus and
 an ordered list of stages. A stage is only (teacher, data, losses with weights, schedule); the trainer
@@ -8,31 +8,37 @@ Recipes compose (torchtune/torchdistill style): ``load_recipe([base.yaml, overla
 reads the first file as the recipe and lays each overlay over it (:func:`merge_recipe`), then the dotted
 overrides; ``compressor/configs/scales/`` and ``compressor/configs/arms/`` are overlays of this kind.
 
-Every mistake a user can make in a recipe (unknown key, wrong type, unknown loss, missing file) raises
-:class:`ConfigError` with one line that names the fix, before any work starts.
+The models below are the one statement of the recipe's keys, types, choices (``Literal``), ranges
+(``Field(ge=...)``) and docs: pydantic checks a recipe against them, :func:`recipe_schema` publishes them as a
+JSON schema (``python -m compressor.distill --print-schema``) for editors, and :func:`describe_error` turns
+pydantic's located errors into one line. Checks that span sections or look at the disk (files exist, a loss
+needs task data, a corpus is named) are :func:`validate`'s. Every mistake a user can make in a recipe
+(unknown key, wrong type, unknown loss, missing file) raises :class:`ConfigError` with one line that names the
+fix, before any work starts.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
 import importlib.util
 import os
+import re
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
+from compressor.recipe.tasks import GLUE_TASKS
 from ernie_common.errors import UserError
+from ernie_common.options import strip_optional
 
-LOSS_NAMES = ("hidden", "attention", "embedding", "soft", "hard")
-TEACHER_KINDS = ("pretrained", "finetuned")
-DATA_KINDS = ("general", "task")
-INIT_KINDS = ("random", "teacher_layers", "checkpoint", "pruned")
-PRUNE_LAYER_CHOICES = ("auto", "uniform", "importance")
-TRANSFER_SOURCES = ("general", "files")
-
+LossName = Literal["hidden", "attention", "embedding", "soft", "hard"]
+TeacherKind = Literal["pretrained", "finetuned"]
+DataKind = Literal["general", "task"]
+TaskName = Literal[(*GLUE_TASKS, "custom")]  # type: ignore[valid-type]
 
 RENAMED_KEYS = {"teacher.finetune.max_train_samples": "teacher.finetune.sample_rows"}
 """Keys that were renamed: refused with one line naming the new key (no silent alias)."""
@@ -42,19 +48,62 @@ class ConfigError(UserError):
     """A recipe or command-line mistake; the message is one line that says how to fix it."""
 
 
-@dataclass
-class Schedule:
+# --------------------------------------------------------------------------- value types
+
+
+def _number(value: Any) -> Any:
+    """YAML's ``true`` is no number (pydantic would read it as 1); numbers and numeric strings (PyYAML reads
+    ``1e-4`` as a string) go on to pydantic."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("number_type", "must be a number")
+    return value
+
+
+def _listed(value: Any) -> Any:
+    """``files: a.txt`` (or ``--general.files a.txt``) is a list of one."""
+    return [value] if isinstance(value, (str, int, float)) else value
+
+
+def _number_type(tp: type, **bounds: float) -> Any:
+    """``tp`` within ``bounds`` (``Field(ge=..., gt=..., le=...)``), never a boolean. The bounds sit inside the
+    ``Annotated`` so that the JSON schema states them (``minimum``...) also where the field is optional."""
+    return Annotated[tp, Field(**bounds), BeforeValidator(_number)]
+
+
+Int = _number_type(int)
+Count = _number_type(int, ge=1)
+PositiveInt = _number_type(int, gt=0)
+NonNegativeInt = _number_type(int, ge=0)
+Float = _number_type(float)
+NonNegative = _number_type(float, ge=0)
+Positive = _number_type(float, gt=0)
+Fraction = _number_type(float, ge=0, le=1)
+Probability = _number_type(float, gt=0, le=1)
+Strings = Annotated[list[str], BeforeValidator(_listed)]
+
+
+class Section(BaseModel):
+    """What every recipe section shares: unknown keys are errors, docstrings are the fields' descriptions,
+    numbers are accepted where a string is expected (``dataset_config: 20231101``), values stay assignable."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, coerce_numbers_to_str=True)
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+class Schedule(Section):
     """One training schedule, the same keys for teacher fine-tuning and every stage: warm-up then linear decay
     (``compressor.modeling.trainer.training_arguments`` turns it into ``TrainingArguments``)."""
 
-    epochs: float = 1.0
-    max_steps: int = -1
+    epochs: NonNegative = 1.0
+    max_steps: Int = -1
     """Overrides ``epochs`` when positive (streamed general data needs it)."""
-    learning_rate: float = 1e-4
-    batch_size: int = 32
-    max_seq_length: int = 128
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
+    learning_rate: NonNegative = 1e-4
+    batch_size: Count = 32
+    max_seq_length: Count = 128
+    warmup_ratio: Fraction = 0.1
+    weight_decay: NonNegative = 0.01
     group_by_length: bool = False
     """Batch rows of similar length together (``TrainingArguments.group_by_length``): the same rows and epochs
     with far less padding; short-sentence tasks mixed with long transfer sentences train 2-3x faster."""
@@ -63,119 +112,115 @@ class Schedule:
         return self.group_by_length
 
 
-@dataclass
 class FinetuneConfig(Schedule):
     """How the pretrained encoder is fine-tuned into the task's teacher."""
 
-    epochs: float = 3.0
-    learning_rate: float = 2e-5
-    sample_rows: int | None = None
+    epochs: NonNegative = 3.0
+    learning_rate: NonNegative = 2e-5
+    sample_rows: Count | None = None
     """Fine-tune on a seeded random sample of this many of the task's training rows (``None``: all of them)."""
 
 
-@dataclass
-class TeacherConfig:
+class TeacherConfig(Section):
     pretrained: str = "bert-base-uncased"
     """Path or hub id of the pretrained encoder (GD's teacher, and the start of fine-tuning)."""
     finetuned: str | None = None
     """Path or hub id of a fine-tuned teacher; ``None`` fine-tunes ``pretrained`` first."""
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
 
 
-@dataclass
-class PruneConfig:
+class PruneConfig(Section):
     """How ``student.init: pruned`` measures importance and picks layers (see compressor/modeling/prune.py)."""
 
-    layers: str = "auto"
+    layers: Literal["auto", "uniform", "importance"] = "auto"
     """``auto`` (the uniform and the block-importance cut are both scored against the teacher after
     ``recovery_steps`` of logit distillation on calibration batches; the closer kept), ``uniform`` or ``importance``."""
-    recovery_steps: int = 50
+    recovery_steps: NonNegativeInt = 50
     """``auto``: distillation steps each candidate gets before it is scored (0: score at the cut)."""
-    calibration: str = "task"
+    calibration: DataKind = "task"
     """Calibration batches from the ``task`` training data or the ``general`` corpus."""
-    samples: int = 512
-    batch_size: int = 32
-    max_seq_length: int = 128
+    samples: Count = 512
+    batch_size: Count = 32
+    max_seq_length: Count = 128
 
 
-@dataclass
-class StudentConfig:
+class StudentConfig(Section):
     """ERNIE-Tiny's shape by default: 4 layers, hidden 312, FFN 1200, 12 heads."""
 
-    num_hidden_layers: int = 4
-    hidden_size: int = 312
-    intermediate_size: int = 1200
-    num_attention_heads: int = 12
-    init: str = "random"
+    num_hidden_layers: Count = 4
+    hidden_size: Count = 312
+    intermediate_size: Count = 1200
+    num_attention_heads: Count = 12
+    init: Literal["random", "teacher_layers", "checkpoint", "pruned"] = "random"
     """``random`` (the paper), ``teacher_layers`` (widths must match), ``checkpoint``, or ``pruned`` (cut out of
     a teacher by measured importance: the teacher's own model class in this shape)."""
     checkpoint: str | None = None
     """HF directory or hub id of a student to start from when ``init: checkpoint``."""
-    prune_from: str = "finetuned"
+    prune_from: TeacherKind = "finetuned"
     """``init: pruned``: cut from the ``finetuned`` teacher (keeps its classifier) or the ``pretrained`` encoder."""
-    prune: PruneConfig = field(default_factory=PruneConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
 
 
-@dataclass
-class TransferConfig:
+class TransferConfig(Section):
     """Unlabeled sentences the task stages also train on, with the teacher's outputs only (no gold label)."""
 
-    source: str = "general"
+    source: Literal["general", "files"] = "general"
     """``general`` (the recipe's general corpus) or ``files`` (``files`` below: text, or TSV/CSV/JSON with ``column``)."""
-    files: list[str] = field(default_factory=list)
+    files: Strings = Field(default_factory=list)
     column: str | None = None
     """Text column of TSV/CSV/JSON transfer files (for pair tasks: two columns, ``a,b``); no other column is read."""
-    max_examples: int = 20000
-    min_words: int = 3
-    max_words: int = 60
+    max_examples: Count = 20000
+    min_words: Count = 3
+    max_words: Count = 60
 
 
-@dataclass
-class MLMConfig:
+class MLMConfig(Section):
     """TinyBERT-style word replacement: each single-piece word is replaced, with probability ``p``, by one of a
     masked-language model's top-``top_k`` predictions; ``copies`` augmented copies per task example."""
 
     model: str | None = None
     """A masked-language model (local dir or hub id, e.g. bert-base-uncased)."""
-    copies: int = 20
-    p: float = 0.4
-    top_k: int = 15
-    max_examples: int | None = None
+    copies: Count = 20
+    p: Probability = 0.4
+    top_k: Count = 15
+    max_examples: Count | None = None
     """Augment only the first N task examples (``None``: all)."""
-    batch_size: int = 64
+    batch_size: Count = 64
 
 
-@dataclass
-class AugmentConfig:
+class AugmentConfig(Section):
     """Augmented task data, generated once per run (cached with ``datasets``), used by stages with ``augment: true``."""
 
     transfer: TransferConfig | None = None
     mlm: MLMConfig | None = None
 
 
-@dataclass
-class TaskConfig:
-    name: str = "sst2"
+class TaskConfig(Section):
+    name: TaskName = Field("sst2", title="task")
     """A GLUE task (sst2, mrpc, cola, stsb, qqp, mnli, qnli, rte, wnli) or ``custom``."""
     glue_dir: str | None = None
     """Local GLUE directory with the standard TSVs (``SST-2/train.tsv``...); ``None`` reads the hub."""
     train_file: str | None = None
+    """Custom data: the training file (CSV, TSV or JSON lines)."""
     validation_file: str | None = None
-    text_columns: list[str] | None = None
+    """Custom data: the file the dev metrics are measured on."""
+    text_columns: Strings | None = Field(None, min_length=1, max_length=2)
     """Custom data: one column (single sentences) or two (pairs)."""
     label_column: str = "label"
-    num_labels: int | None = None
+    """Custom data: the label column."""
+    num_labels: Count | None = None
     """Custom data: number of classes; 1 means regression."""
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
+    max_train_samples: Count | None = None
+    """Use the task's first N training rows (``None``: all of them)."""
+    max_eval_samples: Count | None = None
+    """Measure dev metrics on the first N dev rows (``None``: all of them)."""
 
 
-@dataclass
-class GeneralDataConfig:
+class GeneralDataConfig(Section):
     """Unlabelled text for GD and GED: local files or a hub dataset, tokenised and packed into fixed-length
     blocks once (in parallel), cached on disk and memory-mapped (see ``compressor.data.corpus.general_corpus``)."""
 
-    files: list[str] = field(default_factory=list)
+    files: Strings = Field(default_factory=list)
     """Plain-text files (``.txt``, ``.gz``), one paragraph per line; or leave empty and name ``dataset``."""
     dataset: str | None = None
     """A hub dataset id (or local dataset folder), e.g. ``wikimedia/wikipedia``; read when the stage runs."""
@@ -185,23 +230,25 @@ class GeneralDataConfig:
     text_column: str = "text"
     streaming: bool = True
     """Read the hub dataset as a stream (no full download); ``false`` downloads the split first."""
-    max_blocks: int | None = None
+    max_blocks: PositiveInt | None = None
     """Stop after this many packed blocks (``None``: the whole corpus)."""
-    num_proc: int | None = None
+    num_proc: PositiveInt | None = None
     """Processes that tokenise (``None``: one per CPU core)."""
     cache_dir: str | None = None
     """Where packed corpora are kept (``None``: ``compressor_packed/`` in the ``datasets`` cache)."""
 
 
-@dataclass
 class StageConfig(Schedule):
     """One stage: which teacher, which data, which losses with their weights, and its own schedule."""
 
-    name: str = field(default="", kw_only=True)
-    teacher: str = "finetuned"
-    data: str = "task"
-    losses: dict[str, float] = field(default_factory=lambda: {"hidden": 1.0, "attention": 1.0})
-    temperature: float = 1.0
+    name: str = Field(min_length=1)
+    """The stage's name (gd, ged, tad, tsd, or your own): its folder in the run, and how overlays and
+    ``--stages.NAME.key`` overrides address it."""
+    teacher: TeacherKind = "finetuned"
+    data: DataKind = "task"
+    losses: dict[LossName, Float] = Field(default_factory=lambda: {"hidden": 1.0, "attention": 1.0}, title="loss")
+    """Loss terms and their weights."""
+    temperature: Positive = 1.0
     augment: bool = False
     """Task stages: also train on the recipe's ``augment`` data (transfer rows get no hard-label loss)."""
 
@@ -210,35 +257,36 @@ class StageConfig(Schedule):
         return self.group_by_length and self.data == "task"
 
 
-@dataclass
-class TeacherCacheConfig:
+class TeacherCacheConfig(Section):
     """The teacher's outputs for task stages' rows, computed once and read by every epoch and stage after
     (``compressor/modeling/teacher_cache.py``): used where a stage's rows are seen more than once (a second
     epoch, or a later task stage on the same rows and teacher)."""
 
     enabled: bool = True
-    max_gib: float = 32.0
+    max_gib: NonNegative = 32.0
     """Compute the teacher on the fly instead when a stage's cache would be larger than this."""
     cache_dir: str | None = None
     """Where caches are kept (``None``: ``teacher_outputs/`` in the run folder); runs that share a folder share
     caches of the same teacher and rows."""
 
 
-@dataclass
-class Recipe:
-    task: TaskConfig = field(default_factory=TaskConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    student: StudentConfig = field(default_factory=StudentConfig)
-    general: GeneralDataConfig = field(default_factory=GeneralDataConfig)
+class Recipe(Section):
+    """A distillation recipe: the task, the teachers, the student, the general corpus, optional augmented data
+    and the stages, in order."""
+
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    general: GeneralDataConfig = Field(default_factory=GeneralDataConfig)
     augment: AugmentConfig | None = None
-    stages: list[StageConfig] = field(default_factory=list)
-    seed: int = 42
-    logging_steps: int = 50
-    save_steps: int = 200
+    stages: list[StageConfig] = Field(default_factory=list)
+    seed: Int = 42
+    logging_steps: Count = 50
+    save_steps: Count = 200
     """Checkpoint every this many optimiser steps within a stage (resume after a kill)."""
     fp16: bool | None = None
     """Mixed precision; ``None``: on when CUDA is present."""
-    teacher_cache: TeacherCacheConfig = field(default_factory=TeacherCacheConfig)
+    teacher_cache: TeacherCacheConfig = Field(default_factory=TeacherCacheConfig)
 
     def stage(self, name: str) -> StageConfig:
         for s in self.stages:
@@ -246,78 +294,98 @@ class Recipe:
                 return s
         raise ConfigError(f"no stage named {name!r}; stages are {[s.name for s in self.stages]}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+
+def recipe_schema() -> dict[str, Any]:
+    """The recipe's JSON schema (draft 2020-12), for editors that validate YAML as it is typed."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **Recipe.model_json_schema()}
 
 
-# --------------------------------------------------------------------------- building from dicts
+# --------------------------------------------------------------------------- pydantic's errors, one line each
+
+M = TypeVar("M", bound=BaseModel)
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check/convert ``value`` against the annotation ``tp``; nested dataclasses recurse strictly."""
-    origin = get_origin(tp)
-    if origin is not None and type(None) in get_args(tp):  # Optional[X]
-        if value is None:
-            return None
-        (tp,) = [a for a in get_args(tp) if a is not type(None)]
-        origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping, got {value!r}")
-        return _from_dict(tp, value, where)
-    if origin is list:
-        (item,) = get_args(tp)
-        if isinstance(value, (str, int, float)) and not dataclasses.is_dataclass(item):
-            value = [value]
-        if not isinstance(value, list):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        _, vt = get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping, got {value!r}")
-        return {str(k): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
-    if tp in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
-        try:
-            out = tp(float(value)) if tp is int else float(value)
-        except ValueError:
-            raise ConfigError(f"{where} must be a number, got {value!r}") from None
-        if tp is int and float(value) != out:
-            raise ConfigError(f"{where} must be a whole number, got {value!r}")
-        return out
-    if tp is str:
-        if isinstance(value, (dict, list)) or value is None:
-            raise ConfigError(f"{where} must be a string, got {value!r}")
-        return str(value)
-    return value
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model behind a field's annotation (``X``, ``X | None``, ``list[X]``), else None."""
+    tp = strip_optional(annotation)
+    if typing.get_origin(tp) is list:
+        tp = strip_optional(typing.get_args(tp)[0])
+    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
 
 
-def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    hints = get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        renamed = RENAMED_KEYS.get(f"{where}.{key}".lstrip("."))
-        if renamed:
-            raise ConfigError(f"'{where}.{key}' is now '{renamed}'; rename the key in the recipe".replace("'.", "'"))
-        if key not in names:
-            raise ConfigError(f"unknown key '{where}.{key}'; valid keys here: {', '.join(names)}".replace("'.", "'"))
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}".lstrip(".")) for k, v in data.items()}
+def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel]:
+    """The model (section) at ``loc``: ``("stages", 0)`` -> :class:`StageConfig`."""
+    model = root
+    for part in loc:
+        if isinstance(part, str):
+            model = _model_in(model.model_fields[part].annotation)
+    return model
+
+
+def dotted(loc: tuple) -> str:
+    """``("stages", 2, "epochs")`` -> ``stages[2].epochs``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out
+
+
+_WRONG_TYPE = {"float_type": "a number", "float_parsing": "a number", "number_type": "a number", "int_type": "a whole number",
+               "int_parsing": "a whole number", "int_from_float": "a whole number", "bool_type": "true or false",
+               "bool_parsing": "true or false", "string_type": "a string", "list_type": "a list",
+               "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping"}
+_BOUNDS = {"greater_than": "greater than {gt}", "greater_than_equal": "at least {ge}", "less_than": "less than {lt}",
+           "less_than_equal": "at most {le}", "too_short": "at least {min_length} items",
+           "too_long": "at most {max_length} items", "string_too_short": "at least {min_length} characters long"}
+_PLAIN_BOUNDS = {("greater_than", "gt", 0): "positive", ("string_too_short", "min_length", 1): "non-empty"}
+
+
+def describe_error(error: ErrorDetails, root: type[BaseModel] | None = None) -> str:
+    """One of pydantic's errors as one line: where (dotted, with list indexes), what was wrong, and what is
+    valid there (the keys of that section, the choices, the range)."""
+    root = root or Recipe
+    loc, kind, value, ctx = error["loc"], error["type"], error.get("input"), error.get("ctx") or {}
+    where = dotted(tuple(p for p in loc if p != "[key]")) or "the recipe"
+    if kind == "extra_forbidden":
+        if where in RENAMED_KEYS:
+            return f"'{where}' is now '{RENAMED_KEYS[where]}'; rename the key in the recipe"
+        model = _model_at(root, loc[:-1])
+        return f"unknown key '{where}'; valid keys here: {', '.join(model.model_fields)}"
+    if kind == "literal_error":
+        path = loc[:-2] if loc[-1] == "[key]" else loc  # a mapping's key (a loss name): the mapping is the place
+        title = _model_at(root, path[:-1]).model_fields[path[-1]].title
+        choices = ", ".join(re.findall(r"'([^']*)'", ctx["expected"]))
+        if title:  # the kind of thing the value names: "unknown task 'glue-sst3'"
+            keys = " keys" if loc[-1] == "[key]" else ""
+            return f"unknown {title} {value!r}: {dotted(path)}{keys} must be one of {choices}"
+        return f"{where} must be one of {choices}, got {value!r}"
+    if kind in _WRONG_TYPE:
+        return f"{where} must be {_WRONG_TYPE[kind]}, got {value!r}"
+    if kind in _BOUNDS:
+        plain = [text for (k, key, limit), text in _PLAIN_BOUNDS.items() if k == kind and ctx.get(key) == limit]
+        bound = plain[0] if plain else _BOUNDS[kind].format(**ctx)
+        return f"{where} must be {bound}, got {value!r}"
+    if kind == "missing":
+        return f"{where} is missing; add it"
+    message = str(ctx["error"]) if "error" in ctx else error["msg"]
+    return f"{where}: {message}"
+
+
+def parse(model: type[M], data: Any) -> M:
+    """``data`` as a ``model`` (a recipe, or one of its sections), or :class:`ConfigError` with pydantic's first
+    error in one line (and how many more there are)."""
     try:
-        return cls(**kwargs)
-    except TypeError as exc:  # a required field is missing
-        raise ConfigError(f"{where or 'recipe'}: {exc}") from None
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(describe_error(errors[0], model) + more) from None
 
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     if not isinstance(data, dict):
         raise ConfigError("a recipe must be a YAML mapping with keys task, teacher, student, general, stages")
-    recipe = _from_dict(Recipe, data, "")
+    recipe = parse(Recipe, data)
     validate(recipe)
     return recipe
 
@@ -374,13 +442,6 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
 # --------------------------------------------------------------------------- overlays
 
 
-def _section_type(tp: Any) -> type | None:
-    """The dataclass behind a field's annotation (``X`` or ``X | None``), else None."""
-    if get_origin(tp) is not None and type(None) in get_args(tp):
-        (tp,) = [a for a in get_args(tp) if a is not type(None)]
-    return tp if dataclasses.is_dataclass(tp) else None
-
-
 def merge_recipe(base: dict[str, Any], overlay: dict[str, Any], source: str = "overlay") -> dict[str, Any]:
     """``overlay`` laid over ``base`` (raw dicts), guided by the recipe's schema.
 
@@ -399,16 +460,16 @@ def merge_recipe(base: dict[str, Any], overlay: dict[str, Any], source: str = "o
     return _merge(Recipe, base, overlay, "", source)
 
 
-def _merge(cls: type, base: dict[str, Any], overlay: dict[str, Any], where: str, source: str) -> dict[str, Any]:
+def _merge(cls: type[BaseModel], base: dict[str, Any], overlay: dict[str, Any], where: str,
+           source: str) -> dict[str, Any]:
     if not isinstance(overlay, dict):
         raise ConfigError(f"{where.rstrip('.') or 'the overlay'} must be a mapping in {source}, got {overlay!r}")
-    hints = get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = list(cls.model_fields)
     out = copy.deepcopy(base)
     for key, value in overlay.items():
         if key not in names:
             raise ConfigError(f"unknown key '{where}{key}' in {source}; valid keys here: {', '.join(names)}")
-        section = _section_type(hints[key])
+        section = _model_in(cls.model_fields[key].annotation)
         if cls is Recipe and key == "stages":
             out[key] = _merge_stages(base.get("stages") or [], value, source)
         elif section is not None and value is not None:
@@ -475,17 +536,13 @@ def _check_model_ref(ref: str, where: str) -> None:
 
 
 def validate(recipe: Recipe) -> None:
-    """Cheap checks that need no model or data loaded (those happen in the modules that load them)."""
-    from compressor.recipe.tasks import GLUE_TASKS  # local import: tasks imports nothing from here
-
+    """The checks pydantic cannot make from one field: across fields and sections (a loss needs task data, a
+    stage needs a corpus), and on the disk (files and model directories exist). Cheap: no model or data is
+    loaded (the modules that load them check the rest). Resolves ``pkg:`` model references in place."""
     t = recipe.task
-    if t.name != "custom" and t.name not in GLUE_TASKS:
-        raise ConfigError(f"unknown task {t.name!r}; use one of {', '.join(GLUE_TASKS)} or 'custom' with train_file")
     if t.name == "custom":
         if not (t.train_file and t.validation_file and t.text_columns and t.num_labels):
             raise ConfigError("task 'custom' needs train_file, validation_file, text_columns and num_labels")
-        if not 1 <= len(t.text_columns) <= 2:
-            raise ConfigError("task.text_columns must name one column (sentences) or two (pairs)")
         for f in (t.train_file, t.validation_file):
             if not Path(f).is_file():
                 raise ConfigError(f"task data file {f} does not exist; fix task.train_file/validation_file")
@@ -499,12 +556,11 @@ def validate(recipe: Recipe) -> None:
         _check_model_ref(recipe.teacher.finetuned, "teacher.finetuned")
 
     s = recipe.student
-    if s.init not in INIT_KINDS:
-        raise ConfigError(f"student.init must be one of {', '.join(INIT_KINDS)}, got {s.init!r}")
     if s.hidden_size % s.num_attention_heads:
         raise ConfigError(f"student.hidden_size {s.hidden_size} must be divisible by num_attention_heads {s.num_attention_heads}")
-    if s.init == "pruned":
-        _validate_prune(s, recipe)
+    if s.init == "pruned" and s.prune.calibration == "general" and not _has_corpus(recipe):
+        raise ConfigError("student.prune.calibration is 'general' but the recipe has no general corpus (general.files "
+                          "or general.dataset); name one or calibrate on task data")
     if s.init == "checkpoint":
         if not s.checkpoint:
             raise ConfigError("student.init is 'checkpoint' but student.checkpoint is empty; give a student dir")
@@ -515,38 +571,11 @@ def validate(recipe: Recipe) -> None:
         raise ConfigError("the recipe has no stages; add at least one under 'stages:'")
     seen: set[str] = set()
     for i, st in enumerate(recipe.stages):
-        if not st.name:
-            raise ConfigError(f"stages[{i}] has no name; give each stage a name (gd, ged, tad, tsd, or your own)")
-        where = f"stage {st.name!r}"
+        where = f"stages[{i}] ({st.name})"
         if st.name in seen:
             raise ConfigError(f"{where} appears twice; stage names must be unique")
         seen.add(st.name)
-        if st.teacher not in TEACHER_KINDS:
-            raise ConfigError(f"{where}: teacher must be one of {', '.join(TEACHER_KINDS)}, got {st.teacher!r}")
-        if st.data not in DATA_KINDS:
-            raise ConfigError(f"{where}: data must be one of {', '.join(DATA_KINDS)}, got {st.data!r}")
-        unknown = set(st.losses) - set(LOSS_NAMES)
-        if unknown:
-            raise ConfigError(f"{where}: unknown loss {sorted(unknown)[0]!r}; losses are {', '.join(LOSS_NAMES)}")
-        if not st.losses or all(w == 0 for w in st.losses.values()):
-            raise ConfigError(f"{where}: give at least one loss with a non-zero weight")
-        if st.data == "general" and {"soft", "hard"} & {k for k, w in st.losses.items() if w}:
-            raise ConfigError(f"{where}: soft/hard-label losses need task data (data: task); general text has no labels")
-        if st.data == "general" and st.max_steps <= 0:
-            raise ConfigError(f"{where}: general-corpus stages are streamed; set max_steps (e.g. max_steps: 1000)")
-        if st.data == "general" and not (recipe.general.files or recipe.general.dataset):
-            raise ConfigError(f"{where} reads the general corpus but general.files is empty and general.dataset unset; "
-                              f"list text files or name a hub dataset (e.g. general.dataset: wikimedia/wikipedia)")
-        if st.temperature <= 0:
-            raise ConfigError(f"{where}: temperature must be positive")
-        if st.group_by_length and st.data != "task":
-            raise ConfigError(f"{where}: group_by_length needs task data (data: task); general-corpus blocks are all "
-                              f"max_seq_length long: remove it")
-        if st.augment and st.data != "task":
-            raise ConfigError(f"{where}: augment: true needs task data (data: task); the general corpus is not augmented")
-        if st.augment and not (recipe.augment and (recipe.augment.transfer or recipe.augment.mlm)):
-            raise ConfigError(f"{where} has augment: true but the recipe has no augment.transfer or augment.mlm; "
-                              f"declare one under 'augment:' or set augment: false")
+        _validate_stage(st, where, recipe)
     if recipe.augment is not None:
         _validate_augment(recipe)
     g = recipe.general
@@ -555,37 +584,40 @@ def validate(recipe: Recipe) -> None:
     for f in g.files:
         if not Path(f).is_file():
             raise ConfigError(f"general corpus file {f} does not exist; fix general.files")
-    if g.max_blocks is not None and g.max_blocks < 1:
-        raise ConfigError(f"general.max_blocks must be positive or null, got {g.max_blocks}")
-    if g.num_proc is not None and g.num_proc < 1:
-        raise ConfigError(f"general.num_proc must be positive or null, got {g.num_proc}")
 
 
-def _validate_prune(s: StudentConfig, recipe: Recipe) -> None:
-    if s.prune_from not in TEACHER_KINDS:
-        raise ConfigError(f"student.prune_from must be one of {', '.join(TEACHER_KINDS)}, got {s.prune_from!r}")
-    p = s.prune
-    if p.layers not in PRUNE_LAYER_CHOICES:
-        raise ConfigError(f"student.prune.layers must be one of {', '.join(PRUNE_LAYER_CHOICES)}, got {p.layers!r}")
-    if p.calibration not in DATA_KINDS:
-        raise ConfigError(f"student.prune.calibration must be one of {', '.join(DATA_KINDS)}, got {p.calibration!r}")
-    if p.calibration == "general" and not (recipe.general.files or recipe.general.dataset):
-        raise ConfigError("student.prune.calibration is 'general' but the recipe has no general corpus (general.files "
-                          "or general.dataset); name one or calibrate on task data")
-    for key in ("samples", "batch_size", "max_seq_length"):
-        if getattr(p, key) < 1:
-            raise ConfigError(f"student.prune.{key} must be at least 1, got {getattr(p, key)}")
-    if p.recovery_steps < 0:
-        raise ConfigError(f"student.prune.recovery_steps must be 0 or more, got {p.recovery_steps}")
+def _has_corpus(recipe: Recipe) -> bool:
+    return bool(recipe.general.files or recipe.general.dataset)
+
+
+def _validate_stage(st: StageConfig, where: str, recipe: Recipe) -> None:
+    weighted = {k for k, w in st.losses.items() if w}
+    if not weighted:
+        raise ConfigError(f"{where}: give at least one loss with a non-zero weight")
+    if st.augment and not (recipe.augment and (recipe.augment.transfer or recipe.augment.mlm)):
+        raise ConfigError(f"{where} has augment: true but the recipe has no augment.transfer or augment.mlm; "
+                          f"declare one under 'augment:' or set augment: false")
+    if st.data == "task":
+        return
+    if {"soft", "hard"} & weighted:
+        raise ConfigError(f"{where}: soft/hard-label losses need task data (data: task); general text has no labels")
+    if st.max_steps <= 0:
+        raise ConfigError(f"{where}: general-corpus stages are streamed; set max_steps (e.g. max_steps: 1000)")
+    if not _has_corpus(recipe):
+        raise ConfigError(f"{where} reads the general corpus but general.files is empty and general.dataset unset; "
+                          f"list text files or name a hub dataset (e.g. general.dataset: wikimedia/wikipedia)")
+    if st.group_by_length:
+        raise ConfigError(f"{where}: group_by_length needs task data (data: task); general-corpus blocks are all "
+                          f"max_seq_length long: remove it")
+    if st.augment:
+        raise ConfigError(f"{where}: augment: true needs task data (data: task); the general corpus is not augmented")
 
 
 def _validate_augment(recipe: Recipe) -> None:
     a = recipe.augment
     if a.transfer is not None:
         t = a.transfer
-        if t.source not in TRANSFER_SOURCES:
-            raise ConfigError(f"augment.transfer.source must be one of {', '.join(TRANSFER_SOURCES)}, got {t.source!r}")
-        if t.source == "general" and not (recipe.general.files or recipe.general.dataset):
+        if t.source == "general" and not _has_corpus(recipe):
             raise ConfigError("augment.transfer.source is 'general' but the recipe has no general corpus (general.files "
                               "or general.dataset); name one, or use source: files with augment.transfer.files")
         if t.source == "files":
@@ -594,8 +626,8 @@ def _validate_augment(recipe: Recipe) -> None:
             for f in t.files:
                 if not Path(f).is_file():
                     raise ConfigError(f"augment.transfer file {f} does not exist; fix augment.transfer.files")
-        if t.max_examples < 1 or t.min_words < 1 or t.max_words < t.min_words:
-            raise ConfigError("augment.transfer needs max_examples >= 1 and 1 <= min_words <= max_words")
+        if t.max_words < t.min_words:
+            raise ConfigError(f"augment.transfer.max_words {t.max_words} is below min_words {t.min_words}")
     if a.mlm is not None:
         m = a.mlm
         if not m.model:
@@ -603,8 +635,6 @@ def _validate_augment(recipe: Recipe) -> None:
                               "bert-base-uncased) or remove augment.mlm")
         m.model = resolve_model_path(m.model)
         _check_model_ref(m.model, "augment.mlm.model")
-        if m.copies < 1 or m.top_k < 1 or not 0.0 < m.p <= 1.0:
-            raise ConfigError("augment.mlm needs copies >= 1, top_k >= 1 and 0 < p <= 1")
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:

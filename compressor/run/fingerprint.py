@@ -27,7 +27,6 @@ CPU stays valid when the folder moves to a GPU machine.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -121,7 +120,7 @@ def _files_identity(files: list[str]) -> list[str]:
 
 def task_identity(cfg: TaskConfig) -> dict[str, Any]:
     """The task settings and slices, and its data by content (or the hub dataset's name); no paths."""
-    out: dict[str, Any] = {k: v for k, v in dataclasses.asdict(cfg).items()
+    out: dict[str, Any] = {k: v for k, v in cfg.model_dump().items()
                            if k not in ("glue_dir", "train_file", "validation_file")}
     if cfg.name == "custom":
         out["data"] = {"train": _files_identity([cfg.train_file])[0], "validation": _files_identity([cfg.validation_file])[0]}
@@ -148,7 +147,7 @@ def corpus_identity(cfg: GeneralDataConfig) -> dict[str, Any]:
 
 def finetune_inputs(pretrained: str, task: TaskConfig, finetune: FinetuneConfig, seed: int) -> dict[str, Any]:
     """What a teacher fine-tuned by ``compressor.finetune`` depends on."""
-    return flatten({"teacher": {"pretrained": model_identity(pretrained), "finetune": dataclasses.asdict(finetune)},
+    return flatten({"teacher": {"pretrained": model_identity(pretrained), "finetune": finetune.model_dump()},
                     "task": task_identity(task), "seed": seed})
 
 
@@ -158,7 +157,7 @@ def teacher_identity(recipe: Recipe) -> dict[str, Any]:
     if t.finetuned is not None:
         return {"pretrained": model_identity(t.pretrained), "finetuned": model_identity(t.finetuned)}
     return {"pretrained": model_identity(t.pretrained), "finetuned": "fine-tuned in this run",
-            "finetune": dataclasses.asdict(t.finetune)}
+            "finetune": t.finetune.model_dump()}
 
 
 def student_identity(recipe: Recipe) -> dict[str, Any]:
@@ -169,7 +168,7 @@ def student_identity(recipe: Recipe) -> dict[str, Any]:
     if s.init == "checkpoint":
         out["checkpoint"] = model_identity(s.checkpoint)
     if s.init == "pruned":
-        out.update(prune_from=s.prune_from, prune=dataclasses.asdict(s.prune))
+        out.update(prune_from=s.prune_from, prune=s.prune.model_dump())
     return out
 
 
@@ -178,9 +177,9 @@ def augment_identity(recipe: Recipe) -> dict[str, Any]:
     a = recipe.augment
     out: dict[str, Any] = {}
     if a is not None and a.transfer is not None:
-        out["transfer"] = {**dataclasses.asdict(a.transfer), "files": _files_identity(a.transfer.files)}
+        out["transfer"] = {**a.transfer.model_dump(), "files": _files_identity(a.transfer.files)}
     if a is not None and a.mlm is not None:
-        out["mlm"] = {**dataclasses.asdict(a.mlm), "model": model_identity(a.mlm.model)}
+        out["mlm"] = {**a.mlm.model_dump(), "model": model_identity(a.mlm.model)}
     return out
 
 
@@ -209,8 +208,7 @@ def stage_inputs(recipe: Recipe, index: int) -> dict[str, Any]:
     """Everything stage ``index``'s student depends on: the run's inputs, this stage's settings and those of
     every stage before it (the chain), and the ``augment`` block when this stage or an earlier one uses it."""
     stages = recipe.stages[: index + 1]
-    parts: dict[str, Any] = {"stages": {s.name: {k: v for k, v in dataclasses.asdict(s).items() if k != "name"}
-                                        for s in stages},
+    parts: dict[str, Any] = {"stages": {s.name: s.model_dump(exclude={"name"}) for s in stages},
                              "order": [s.name for s in stages]}
     if stages[-1].data == "task":  # cached teacher outputs are fp16: the same losses within fp16 rounding
         parts["teacher_cache"] = recipe.teacher_cache.enabled

@@ -128,7 +128,7 @@ def run_stage(ctx: RunContext, index: int, result: Result, status: Status, prune
     if last:
         log.info("stage %s: resuming from %s", stage.name, last)
     outcome = trainer.train(resume_from_checkpoint=last)
-    summary = {"name": stage.name, "recipe": dataclasses.asdict(stage), "teacher": stage.teacher,
+    summary = {"name": stage.name, "recipe": stage.model_dump(), "teacher": stage.teacher,
                "teacher_path": teacher.config._name_or_path, "data": stage.data, "losses": dict(stage.losses),
                "steps": trainer.state.global_step, "train_loss": round(float(outcome.training_loss), 6), "rows": rows,
                "fingerprint": result.fingerprint}

@@ -1,10 +1,17 @@
 """ernie_common: the one implementation of atomic writes, data-file reading, versions and parameter counts."""
 from __future__ import annotations
 
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
 import pytest
+from pydantic import BaseModel, ConfigDict
 
 from ernie_common.env import library_versions, machine
 from ernie_common.io import atomic_dir, read_json, write_atomic, write_json_atomic
+from ernie_common.options import add_options, picked
 from ernie_common.params import count_params
 from ernie_common.tables import TableError, read_examples
 
@@ -73,3 +80,43 @@ def test_versions_machine_and_parameter_counts():
     assert count_params(layer) == count_params(layer.state_dict()) == 8
     with pytest.raises(TypeError):
         count_params(3)
+
+
+
+@dataclass
+class _Options:
+    level: Literal["O1", "O2"] | None = "O2"
+    max_batch: int = field(default=64, metadata={"help": "largest batch, 100% of it"})
+    fp16: bool = False
+    cache: bool = True
+    data: Path | None = None
+    ratio: float = 0.5
+    table: dict = field(default_factory=dict)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    columns: list[str] | None = None
+    """The text columns."""
+    rows: int | None = None
+
+
+def test_options_are_generated_from_a_dataclass_or_a_pydantic_model():
+    """Each field's flag, type, default and help come from the class: parsing nothing gives the class's defaults,
+    and values are converted to the field's type."""
+    parser = argparse.ArgumentParser()
+    names = add_options(parser, _Options, skip=("table",)) + add_options(parser, _Model)
+    assert picked(parser.parse_args([]), names) == {"level": "O2", "max_batch": 64, "fp16": False, "cache": True,
+                                                     "data": None, "ratio": 0.5, "columns": None, "rows": None}
+    args = parser.parse_args(["--level", "O1", "--max-batch", "8", "--fp16", "--no-cache", "--data", "x.tsv",
+                              "--ratio", "0.25", "--columns", "a", "b", "--rows", "3"])
+    assert picked(args, names) == {"level": "O1", "max_batch": 8, "fp16": True, "cache": False, "data": Path("x.tsv"),
+                                   "ratio": 0.25, "columns": ["a", "b"], "rows": 3}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--level", "O9"])
+    helps = {a.dest: a.help for a in parser._actions}
+    assert helps["max_batch"] == "largest batch, 100%% of it (default: %(default)s)"
+    assert helps["columns"] == "The text columns."
+    with pytest.raises(TypeError, match="--table"):
+        add_options(argparse.ArgumentParser(), _Options)

@@ -215,3 +215,110 @@ def test_overrides_never_share_a_value_between_recipes():
     second = apply_overrides({"teacher": {}}, {**shared, "teacher.finetune.epochs": 3})
     assert first["teacher"]["finetune"]["epochs"] == 1 and second["teacher"]["finetune"]["epochs"] == 3
     assert shared["teacher.finetune"] == {"epochs": 1}
+
+
+# --------------------------------------------------------------------------- the published JSON schema
+
+
+def _schema_errors(schema: dict, instance: dict) -> list[str]:
+    """What a JSON Schema validator finds wrong with ``instance``: ``jsonschema`` where installed, else
+    ``jsonschema_rs`` (which schemathesis brings), else the recipe's own pydantic models."""
+    try:
+        import jsonschema
+    except ImportError:
+        jsonschema = None
+    if jsonschema is not None:
+        return [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(instance)]
+    try:
+        import jsonschema_rs
+    except ImportError:
+        from pydantic import ValidationError
+
+        from compressor.recipe.schema import Recipe
+        try:
+            Recipe.model_validate(instance)
+        except ValidationError as err:
+            return [e["msg"] for e in err.errors()]
+        return []
+    return [e.message for e in jsonschema_rs.validator_for(schema).iter_errors(instance)]
+
+
+def _printed_schema(capsys) -> dict:
+    import json
+
+    from compressor.distill import main
+
+    assert main(["--print-schema"]) == 0  # no --config, no --output-dir
+    return json.loads(capsys.readouterr().out)
+
+
+def _shipped_layers() -> list[list[Path]]:
+    """Every shipped recipe alone, and every (recipe, scale, per-task slice, arm) composition reproduce runs."""
+    stacks = [[path] for path in sorted(CONFIGS.glob("*.yaml"))]
+    for task in ("sst2", "mrpc", "cola", "stsb"):
+        for scale in sorted((CONFIGS / "scales").glob("*.yaml")):
+            per_task = CONFIGS / "scales" / scale.stem / f"{task}.yaml"
+            for arm in sorted((CONFIGS / "arms").glob("*.yaml")):
+                stacks.append([CONFIGS / f"{task}.yaml", scale, *([per_task] if per_task.is_file() else []), arm])
+    return stacks
+
+
+def test_the_printed_schema_validates_every_shipped_recipe_and_composition(capsys):
+    from compressor.recipe.schema import compose
+
+    schema = _printed_schema(capsys)
+    assert schema["$schema"].endswith("2020-12/schema") and schema["title"] == "Recipe"
+    stacks = _shipped_layers()
+    assert len(stacks) >= 13 + 4 * 2 * 9, len(stacks)  # a moved folder is not silently skipped
+    for layers in stacks:
+        assert _schema_errors(schema, compose(*layers)) == [], [p.name for p in layers]
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda d: d["task"].update(nmae="x"),
+    lambda d: d["stages"][0]["losses"].update(cosine=1.0),
+    lambda d: d["stages"][2].update(epochs="three"),
+    lambda d: d["stages"][0].update(teacher="finetunned"),
+    lambda d: d["general"].update(max_blocks=0),
+])
+def test_the_printed_schema_refuses_what_load_recipe_refuses(capsys, mutate):
+    """The schema an editor gets is the recipe's: each mistake of the catalogue above that it can see is an
+    error there too (so the test above is no echo of a schema that accepts anything)."""
+    data = yaml.safe_load((CONFIGS / "demo.yaml").read_text())
+    mutate(data)
+    assert _schema_errors(_printed_schema(capsys), data)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["teacher"]["finetune"].update(max_train_samples=100),
+     "'teacher.finetune.max_train_samples' is now 'teacher.finetune.sample_rows'; rename the key in the recipe"),
+    (lambda d: d["stages"][2].update(batch_size=2.5), "stages[2].batch_size must be a whole number, got 2.5"),
+    (lambda d: d["stages"][2].update(epochs=True), "stages[2].epochs must be a number, got True"),
+    (lambda d: d["stages"][1]["losses"].update(hidden="x"), "stages[1].losses.hidden must be a number, got 'x'"),
+    (lambda d: d["stages"][0]["losses"].update(cosine=1.0),
+     "unknown loss 'cosine': stages[0].losses keys must be one of hidden, attention, embedding, soft, hard"),
+    (lambda d: d["student"].update(prune={"layers": "best"}),
+     "student.prune.layers must be one of auto, uniform, importance, got 'best'"),
+    (lambda d: d["stages"][1].pop("name"), "stages[1].name is missing"),
+    (lambda d: d["task"].update(text_columns=["a", "b", "c"]), "task.text_columns must be at most 2 items"),
+    (lambda d: d["stages"][0].update(temperature=0), "stages[0].temperature must be positive, got 0"),
+    (lambda d: d.update(augment={"mlm": {"p": 1.5, "copies": 0}}),
+     "augment.mlm.copies must be at least 1, got 0 (and 1 more)"),
+    (lambda d: d["task"].update(nmae="x"), "valid keys here: name, glue_dir, train_file, validation_file"),
+])
+def test_pydantic_errors_read_as_one_located_line(tmp_path, demo, mutate, message):
+    """Where (dotted, with list indexes), what was wrong, and what is valid there."""
+    mutate(demo)
+    with pytest.raises(ConfigError) as err:
+        load_recipe(_write(tmp_path, demo))
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_numbers_from_yaml_strings_and_lists_of_one_are_read_as_before(tmp_path, demo):
+    """PyYAML reads ``1e-4`` (no dot) as a string and ``files: a.txt`` is one file: both are accepted."""
+    demo["stages"][0]["learning_rate"] = "1e-4"
+    demo["stages"][0]["batch_size"] = "16"
+    demo["general"]["files"] = demo["general"]["files"][0]
+    recipe = load_recipe(_write(tmp_path, demo))
+    assert (recipe.stages[0].learning_rate, recipe.stages[0].batch_size) == (1e-4, 16)
+    assert recipe.general.files == [demo["general"]["files"]]

@@ -51,3 +51,27 @@ def test_label_maps_write_the_input_kind_that_runtime_reads():
         config = BertConfig(**label_maps(task)).to_dict()
         assert is_pair_task(config) is task.is_pair, task.name
         assert config["finetuning_task"] == task.name
+
+
+def test_the_cli_states_the_recipe_defaults_and_flags_land_in_the_recipe_sections():
+    """The task and schedule flags are generated from TaskConfig and FinetuneConfig: given nothing, the sections
+    are their defaults; given flags, the values land in the sections they name (and are checked there)."""
+    import pytest
+
+    from compressor.finetune import build_parser
+    from compressor.recipe.schema import ConfigError, parse
+    from ernie_common.options import picked
+
+    parser, sections = build_parser()
+    required = ["--model", "m", "--task", "sst2", "--output-dir", "o"]
+    args = parser.parse_args(required)
+    assert FinetuneConfig(**picked(args, sections["finetune"])) == FinetuneConfig()
+    assert TaskConfig(name="sst2", **picked(args, sections["task"])) == TaskConfig(name="sst2")
+    assert picked(args, sections["recipe"]) == {"seed": Recipe().seed}
+    args = parser.parse_args([*required, "--sample-rows", "8", "--max-train-samples", "50", "--epochs", "2",
+                              "--text-columns", "a", "b", "--seed", "3", "--group-by-length"])
+    ft, task = FinetuneConfig(**picked(args, sections["finetune"])), TaskConfig(**picked(args, sections["task"]))
+    assert (ft.sample_rows, ft.epochs, ft.group_by_length, ft.learning_rate) == (8, 2.0, True, 2e-5)
+    assert (task.max_train_samples, task.text_columns, args.seed) == (50, ["a", "b"], 3)
+    with pytest.raises(ConfigError, match=r"^teacher\.finetune\.batch_size must be at least 1, got 0$"):
+        parse(Recipe, {"teacher": {"finetune": {"batch_size": 0}}})

@@ -67,6 +67,62 @@ def test_rounds_interleave_and_alternate_who_goes_first():
     assert [len(times[n]["rounds"]) for n in runners] == [2, 2]
 
 
+class Engine:
+    """A stand-in for a model whose call takes known times: each call advances ``clock`` (the benchmark's only
+    clock here) by the next latency of its list, cycling; the first ``warmup`` calls take a second each."""
+
+    def __init__(self, clock: list[float], latencies_ms: list[float], warmup: int):
+        self.clock, self.times, self.calls = clock, [1000.0] * warmup + latencies_ms, 0
+
+    def __call__(self, batch):
+        self.clock[0] += self.times[min(self.calls, len(self.times) - 1)] / 1e3
+        self.calls += 1
+        return np.zeros((len(batch["input_ids"]), 2), np.float32)
+
+
+STUDENT_MS = [2.0] * 95 + [20.0] * 4 + [200.0] * 2  # 101 calls: the 50th, 95th and 99th are 2, 20 and 200 (the 90th 2)
+RNG_ORDER = np.random.default_rng(0).permutation(len(STUDENT_MS))
+
+
+def _planted_report(monkeypatch, student_ms: list[float], teacher_ms: float = 10.0) -> dict:
+    """``run_benchmark`` on one point (8 sequences per call, one call per round) with engines of known latency."""
+    from types import SimpleNamespace
+
+    clock, warmup = [0.0], 2
+    engines = {"teacher": Engine(clock, [teacher_ms] * len(student_ms), warmup),
+               "student": Engine(clock, student_ms, warmup)}
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(bench, "load_runner", lambda spec: (engines[spec.role], {"providers": ["planted"]}))
+    monkeypatch.setattr(bench, "parameter_count", lambda spec, info: 0)
+    specs = {role: ModelSpec(role, "ernie-tiny", True, "onnxruntime") for role in engines}
+    point = bench.Point(8, 16, [bench.synthetic_batch(8, 16, 1000)])
+    timing = bench.Timing(warmup=warmup, iters=len(student_ms), min_iters=len(student_ms), max_time=1e9)
+    return bench.run_benchmark(specs, [point], timing, memory=False)
+
+
+def test_the_report_holds_the_percentiles_and_throughput_of_known_latencies(monkeypatch):
+    """Latencies known in advance (in a shuffled order, after slow warm-up calls that must not count): the report's
+    p50/p95/p99 are the 50th/95th/99th of them, throughput is 8 sequences per median round, the ratio the
+    student's throughput over the teacher's."""
+    row = _planted_report(monkeypatch, [STUDENT_MS[i] for i in RNG_ORDER])["points"][0]
+    student, teacher = row["student"], row["teacher"]
+    assert (student["p50_ms"], student["p95_ms"], student["p99_ms"]) == pytest.approx((2.0, 20.0, 200.0))
+    assert (teacher["p50_ms"], teacher["p99_ms"]) == pytest.approx((10.0, 10.0))
+    assert (student["calls"], student["rounds"]) == (101, 101)
+    assert (student["throughput"], teacher["throughput"]) == pytest.approx((4000.0, 800.0))
+    assert row["ratio"] == pytest.approx(5.0)
+
+
+def test_a_planted_slow_student_is_flagged_and_a_fast_one_passes(monkeypatch):
+    slow = _planted_report(monkeypatch, [40.0] * 11)
+    assert not bench.check_speedup(slow, 1.0, {"batch": 8, "seq": 16})
+    assert slow["check"] == {"threshold": 1.0, "at": {"batch": 8, "seq": 16}, "ratio": pytest.approx(0.25),
+                             "passed": False}
+    fast = _planted_report(monkeypatch, [2.0] * 11)
+    assert bench.check_speedup(fast, 4.9, {"batch": 8, "seq": 16}) and fast["check"]["ratio"] == pytest.approx(5.0)
+    assert not bench.check_speedup(fast, 5.1, {"batch": 8, "seq": 16})
+
+
 def test_read_texts_single_sentences_and_pairs(glue_dir):
     sst2 = bench.read_texts(glue_dir / "SST-2" / "dev.tsv")
     assert len(sst2) == 872 and all(isinstance(t, str) and t for t in sst2)
@@ -80,14 +136,14 @@ def test_read_texts_single_sentences_and_pairs(glue_dir):
 
 def test_guard_fails_when_the_student_is_the_teacher(bench_cache, tmp_path, capsys):
     """The CI path (random-shape models exported to ONNX, ONNX Runtime) with the "student" being the
-    teacher itself: the ratio is about 1, so the 9.4x check must fail with exit status 1."""
+    teacher itself: no machine makes a model 9.4x faster than itself, so the check fails with exit status 1
+    (what the ratio is on a shared machine is not asserted: the planted engines below pin it)."""
     code, out, _ = _run(["--teacher-arch", "ernie-tiny", "--student-arch", "ernie-tiny", "--backend", "onnxruntime",
                          "--batch", "2", "--seq", "32", *FAST, "--no-memory", "--check-speedup", "9.4",
                          "--out", tmp_path], capsys)
     report = json.loads((tmp_path / "bench.json").read_text())
     ratio = report["check"]["ratio"]
     assert code == 1
-    assert 0.5 < ratio < 2.0
     assert report["check"] == {"threshold": 9.4, "at": {"batch": 2, "seq": 32}, "ratio": ratio, "passed": False}
     assert f"speed-up check FAIL: student/teacher throughput at batch=2,seq=32 is {ratio:.2f}x" in out
     assert report["models"]["teacher"]["providers"] == ["CPUExecutionProvider"]
@@ -115,9 +171,7 @@ def test_outputs_real_texts_and_memory(tiny_bert_dir, glue_dir, tmp_path, capsys
             line = (f"| {row['batch']} | {row['seq']} | {role} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | "
                     f"{s['p99_ms']:.2f} | {s['throughput']:.1f} | {s['memory']['mb']:.0f} |")
             assert line in table and line in out
-            assert s["p50_ms"] <= s["p95_ms"] <= s["p99_ms"]
         assert f"{row['ratio']:.2f}x |" in table
-        assert row["ratio"] == pytest.approx(row["student"]["throughput"] / row["teacher"]["throughput"])
     png = (tmp_path / "bench.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -206,26 +260,30 @@ def test_gpu_latency_script_skips_with_one_line_reason_on_cpu(tmp_path):
     assert done.stdout.startswith("skipped: ") and done.stdout.count("\n") == 1
 
 
-# ------------------------------------------------------------------------- TensorRT export dirs (fake)
+# ------------------------------------------------------------------------- engines with a fixed profile
 
-def test_tensorrt_export_dir_is_benched_within_its_engine_profile(monkeypatch, tiny_bert_dir, tmp_path):
-    """An export whose engine takes batch <= 4, seq <= 32: bench batches of 8 run as the Classifier runs them
-    (in chunks the engine accepts); a sequence longer than the profile is one error before any timing."""
-    from fake_tensorrt import install, make_fake_tensorrt
-
+def test_an_engine_with_a_fixed_profile_is_benched_in_chunks_it_accepts(tiny_export):
+    """A TensorRT export's engine takes batch <= 4, seq <= 32: bench batches of 8 run as the Classifier runs them
+    (in chunks the profile accepts, here on the export's ONNX graph), and a sequence longer than the profile is
+    one error before any timing (the engine itself runs under the GPU check)."""
     from runtime.backends import onnxruntime_backend
     from runtime.bench import BenchError
-    from runtime.bench.models import load_runner
-    from runtime.export import ExportOptions, export
+    from runtime.bench.models import ProfileCapped
 
-    install(monkeypatch, make_fake_tensorrt(10))
-    out = tmp_path / "export"
-    export(tiny_bert_dir, out, ExportOptions(optimize=None, tensorrt=True, max_batch=4, max_seq=32),
-           log=lambda *_: None)
-    runner, info = load_runner(ModelSpec("student", str(out), False, "tensorrt", device="cpu", precision="fp16"))
-    batch = bench.synthetic_batch(8, 16, 30522, seed=3)
-    np.testing.assert_allclose(runner(batch), onnxruntime_backend(out / "model.onnx")(batch), atol=1e-5)
-    assert info["variant"] == "tensorrt"
+    graph, rows = onnxruntime_backend(tiny_export / "model.onnx"), []
+
+    class Engine:  # the ONNX graph behind a profile of batch <= 4: a larger batch is an error, as in TensorRT
+        providers, input_names = graph.providers, graph.input_names
+
+        def __call__(self, feed):
+            rows.append(len(feed["input_ids"]))
+            assert len(feed["input_ids"]) <= 4
+            return graph(feed)
+
+    runner = ProfileCapped(Engine(), max_batch=4, max_seq=32)
+    batch = bench.synthetic_batch(10, 16, 30522, seed=3)
+    np.testing.assert_allclose(runner(batch), graph(batch), atol=1e-6)
+    assert rows == [4, 4, 2]
     with pytest.raises(BenchError, match=r"sequence 128 .* --max-seq 128") as err:
         runner(bench.synthetic_batch(2, 128, 30522))
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and rows == [4, 4, 2]
