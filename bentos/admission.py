@@ -42,11 +42,18 @@ class AdmissionMiddleware:
                                                  "(COMPRESSOR_MAX_IN_FLIGHT): retry after the Retry-After seconds")
             return
         start = time.perf_counter()
-        status = {}
+        held = {"status": 0, "in_flight": True}
+
+        def release() -> None:
+            if held["in_flight"]:
+                held["in_flight"] = False
+                self.in_flight -= 1
 
         async def send_timed(message) -> None:
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                # answered: no longer held, before the client can see the answer and send its next request
+                held["status"] = message["status"]
+                release()
                 if DRAINING.is_set():
                     message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
@@ -55,8 +62,8 @@ class AdmissionMiddleware:
         try:
             await self.app(scope, receive, send_timed)
         finally:
-            self.in_flight -= 1
-            metrics().request_seconds.labels(str(status.get("code", 0))).observe(time.perf_counter() - start)
+            release()
+            metrics().request_seconds.labels(str(held["status"])).observe(time.perf_counter() - start)
 
     async def _refuse(self, send, reason: str, message: str) -> None:
         metrics().refusals.labels(reason).inc()

@@ -17,7 +17,7 @@ COMPRESSOR_MAX_BATCH_SIZE      64          most texts in one model call
 COMPRESSOR_MAX_LATENCY_MS      10000       BentoML's batching latency budget
 COMPRESSOR_MAX_IN_FLIGHT       auto        requests one worker holds (queued + in the model) before it refuses
                                            more with a 503 and ``Retry-After``: the bound on the queue. auto:
-                                           4 per intra-op thread (see below); 0 turns the bound off
+                                           8 per intra-op thread (see below); 0 turns the bound off
 COMPRESSOR_RETRY_AFTER_S       1           the ``Retry-After`` a refused request is told
 COMPRESSOR_DRAIN_S             2           on SIGTERM: seconds /readyz answers 503 while requests are still
                                            accepted (a load balancer's time to stop routing here), before the
@@ -35,10 +35,12 @@ cores with batching on: one worker with 2 threads served 1.2x the requests/s of 
 clients). The cores counted (``ernie_common.env.usable_cpus``) honour the process's CPU affinity and a cgroup
 CPU quota (a container's ``--cpus``).
 
-The queue bound keeps the latency of what is accepted near the unloaded latency when more arrives than the
-worker can answer: a request waits behind at most ``MAX_IN_FLIGHT`` others, about two batches' worth at the
-worker's speed, and the excess is refused at once instead of waiting seconds (Little's law: latency = what is
-held / throughput). The default scales with the worker's threads, which is what its throughput scales with.
+The queue bound keeps the latency of what is accepted near its latency at capacity when more arrives than the
+worker can answer: a request waits behind at most ``MAX_IN_FLIGHT`` others, and the excess is refused at once
+instead of waiting seconds (Little's law: latency = what is held / throughput). The default is about the
+concurrency at which a worker reaches its capacity (measured on 2 cores: 16 closed-loop clients, one worker
+with 2 threads), so traffic up to the capacity is never refused; it scales with the worker's threads, which
+is what its throughput scales with.
 """
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ from ernie_common.errors import UserError
 PREFIX = "COMPRESSOR_"
 GPU_BACKENDS = ("tensorrt", "cuda-graphs")  # runtime back ends that only run on a GPU
 CORES_PER_WORKER = 4  # default CPU cores per server process (see the module docstring)
-IN_FLIGHT_PER_THREAD = 4  # default queue bound per intra-op thread (see the module docstring)
+IN_FLIGHT_PER_THREAD = 8  # default queue bound per intra-op thread (see the module docstring)
 
 
 class ServiceConfigError(UserError):
