@@ -165,7 +165,15 @@ def test_access_log_setting_reaches_bentoml():
     assert settings.Settings.from_env({"COMPRESSOR_ACCESS_LOG": "0"}, cpus=2, gpu=False).access_log is False
     with pytest.raises(settings.ServiceConfigError, match="COMPRESSOR_ACCESS_LOG"):
         settings.Settings.from_env({"COMPRESSOR_ACCESS_LOG": "sometimes"}, cpus=2, gpu=False)
-    assert service.TextClassifier.config["logging"]["access"]["enabled"] is service.SETTINGS.access_log
+    # what a server started with the variable configures in BentoML (a fresh import reads the environment)
+    import os
+    import subprocess
+    import sys
+
+    probe = "import bentos.service as s; print(s.TextClassifier.config['logging']['access']['enabled'])"
+    seen = [subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "COMPRESSOR_ACCESS_LOG": flag}).stdout.strip() for flag in ("0", "1")]
+    assert seen == ["False", "True"]
 
 
 def test_blank_is_one_definition_for_the_schema_and_the_check():
