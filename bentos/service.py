@@ -17,7 +17,9 @@ model=NAME:VERSION`` the stored model to pack).
 from __future__ import annotations
 
 import gc
+import json
 import os
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 import bentoml
@@ -26,6 +28,7 @@ from typing_extensions import NotRequired, TypedDict
 
 from bentos.contract import ContractMiddleware, RequestRejected
 from bentos.settings import ServiceConfigError, Settings
+from bentos.store import REPORT_FILE
 
 # the tokenizer's own thread pool would compete with the model's threads for the worker's share of cores
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -202,6 +205,13 @@ def classify_mixed(classifier, items: list[Item]) -> list[dict]:
     return answers
 
 
+def served_report(path: str | Path) -> dict | None:
+    """The distillation report the served folder carries (``report.json``, written by ``compressor.distill``
+    beside its model card and copied into the model store), else None."""
+    report = Path(path) / REPORT_FILE
+    return json.loads(report.read_text()) if report.is_file() else None
+
+
 def load_classifier(settings: Settings, stored_path: str | None = None):
     """The classifier of COMPRESSOR_MODEL_DIR, else of the stored model, on this worker's share of cores."""
     from runtime import Classifier
@@ -230,7 +240,7 @@ class TextClassifier:
         stored = None if SETTINGS.model_dir else self.model_ref.path
         self.classifier = load_classifier(SETTINGS, stored)
         ClassifyInput.model_is_pair = self.classifier.is_pair
-        self.info = {**self.classifier.info(), **SETTINGS.public()}
+        self.info = {**self.classifier.info(), **SETTINGS.public(), "report": served_report(self.classifier.path)}
         # the model, tokenizer and libraries are loaded for good: take them out of the garbage collector's view,
         # or each full collection walks them all and stalls every request in flight (~200 ms seen here)
         gc.collect()
@@ -249,7 +259,7 @@ class TextClassifier:
     @bentoml.api(input_spec=NoInput)
     async def model_info(self) -> dict[str, Any]:
         """Labels, input kind, back end and providers really in use, model hash, maximum length, batching,
-        workers and threads."""
+        workers and threads, and the distillation report the model came with (``null`` where it has none)."""
         return self.info
 
 

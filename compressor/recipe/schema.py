@@ -32,6 +32,7 @@ DATA_KINDS = ("general", "task")
 INIT_KINDS = ("random", "teacher_layers", "checkpoint", "pruned")
 PRUNE_LAYER_CHOICES = ("auto", "uniform", "importance")
 TRANSFER_SOURCES = ("general", "files")
+OPTIMIZE_LEVELS = ("O1", "O2", "O3", "O4")  # runtime.export's ORTOptimizer levels
 
 
 RENAMED_KEYS = {"teacher.finetune.max_train_samples": "teacher.finetune.sample_rows"}
@@ -225,6 +226,21 @@ class TeacherCacheConfig:
 
 
 @dataclass
+class ExportConfig:
+    """How ``--export`` turns ``final/`` into an ONNX export (``runtime.export``; its parity is measured on the
+    task's dev rows). O2 fused FP32 is what the service chooses on a CPU; INT8 is smaller and, asked for by
+    ``COMPRESSOR_VARIANT=int8``, faster, at a small cost in agreement."""
+
+    optimize: str | None = "O2"
+    """ONNX Runtime optimisation level of ``model_optimized.onnx`` (O1-O4; ``null``: none)."""
+    int8: bool = False
+    fp16: bool = False
+    """Also an FP16 graph (for GPUs; checked on a GPU where there is one)."""
+    int8_min_agreement: float = 0.95
+    """The INT8 graph's parity gate: the least share of dev rows labelled as the PyTorch student labels them."""
+
+
+@dataclass
 class Recipe:
     task: TaskConfig = field(default_factory=TaskConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -239,6 +255,8 @@ class Recipe:
     fp16: bool | None = None
     """Mixed precision; ``None``: on when CUDA is present."""
     teacher_cache: TeacherCacheConfig = field(default_factory=TeacherCacheConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    """Used by ``--export``/``--bento`` only; a run without them ignores it."""
 
     def stage(self, name: str) -> StageConfig:
         for s in self.stages:
@@ -559,6 +577,11 @@ def validate(recipe: Recipe) -> None:
         raise ConfigError(f"general.max_blocks must be positive or null, got {g.max_blocks}")
     if g.num_proc is not None and g.num_proc < 1:
         raise ConfigError(f"general.num_proc must be positive or null, got {g.num_proc}")
+    e = recipe.export
+    if e.optimize is not None and e.optimize not in OPTIMIZE_LEVELS:
+        raise ConfigError(f"export.optimize must be one of {', '.join(OPTIMIZE_LEVELS)} or null, got {e.optimize!r}")
+    if not 0.0 <= e.int8_min_agreement <= 1.0:
+        raise ConfigError(f"export.int8_min_agreement must be between 0 and 1, got {e.int8_min_agreement}")
 
 
 def _validate_prune(s: StudentConfig, recipe: Recipe) -> None:
