@@ -24,10 +24,9 @@ from typing import Iterator
 
 import httpx
 
+from bentos.store import REPO, SERVICE
 from ernie_common.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
-SERVICE = "bentos.service:TextClassifier"
 BATCH_METRIC = "bentoml_service_adaptive_batch_size"
 STARTUP_FAILED = "Application startup failed"
 ERROR_LINE = re.compile(r"^[\w.]+(?:Error|Exception): .+$", re.MULTILINE)

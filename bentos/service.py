@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Annotated, Any, Callable, ClassVar, Literal, Union
 
 import bentoml
@@ -33,6 +35,7 @@ from bentos.admission import DRAINING, AdmissionMiddleware
 from bentos.contract import ContractMiddleware, RequestRejected
 from bentos.observe import metrics
 from bentos.settings import ServiceConfigError, Settings
+from bentos.store import REPORT_FILE
 from runtime.encoding import NOT_BLANK_PATTERN, is_blank
 
 # the tokenizer's own thread pool would compete with the model's threads for the worker's share of cores
@@ -263,6 +266,13 @@ def drain_on_sigterm(seconds: float, drain: Callable[[], None]) -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
+def served_report(path: str | Path) -> dict | None:
+    """The distillation report the served folder carries (``report.json``, written by ``compressor.distill``
+    beside its model card and copied into the model store), else None."""
+    report = Path(path) / REPORT_FILE
+    return json.loads(report.read_text()) if report.is_file() else None
+
+
 def load_classifier(settings: Settings, stored_path: str | None = None):
     """The classifier of COMPRESSOR_MODEL_DIR, else of the stored model, on this worker's share of cores."""
     from runtime import Classifier
@@ -291,7 +301,7 @@ class TextClassifier:
         stored = None if SETTINGS.model_dir else self.model_ref.path
         self.classifier = load_classifier(SETTINGS, stored)
         ClassifyInput.model_is_pair = self.classifier.is_pair
-        self.info = {**self.classifier.info(), **SETTINGS.public()}
+        self.info = {**self.classifier.info(), **SETTINGS.public(), "report": served_report(self.classifier.path)}
         drain_on_sigterm(SETTINGS.drain_s, DRAINING.set)
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
         metrics()  # this worker's metrics exist (at zero) before the first request
@@ -325,7 +335,7 @@ class TextClassifier:
     @bentoml.api(input_spec=NoInput)
     async def model_info(self) -> dict[str, Any]:
         """Labels, input kind, back end and providers really in use, model hash, maximum length, batching,
-        workers and threads."""
+        workers and threads, and the distillation report the model came with (``null`` where it has none)."""
         return self.info
 
 

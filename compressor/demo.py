@@ -1,9 +1,13 @@
-"""``make demo``: the demo recipe on the data folder beside the checkout, or on the hub where it is absent.
+"""``make demo``: the demo recipe on the data folder beside the checkout, or on the hub where it is absent, ending
+with the student exported and in BentoML's model store, served by ``bentoml serve bentos.service:TextClassifier``.
 
 ``configs/demo.yaml`` reads GLUE SST-2 and the general corpus from ``../shared/data``. Where those paths do
 not exist (anyone's own clone), the same recipe runs with its data read from the Hugging Face hub instead:
 SST-2 from ``nyu-mll/glue`` and a general corpus streamed from WikiText-103 (``Salesforce/wikitext``), cut
 to :data:`HUB_BLOCKS` blocks. Offline and without the folder, one line says what to put where.
+
+The end is ``compressor.distill --bento`` without the Bento build (that needs a package index): ``export/``
+per the recipe's ``export:`` section, stored as ``ernie-tiny-classifier`` (a rerun stores nothing new).
 
     python -m compressor.demo --output-dir runs/demo [--stages.tsd.epochs 2 ...]
 """
@@ -19,6 +23,7 @@ import transformers
 import yaml
 
 from compressor.data import HubUnreachable
+from compressor.deploy.deliver import DEFAULT_NAME, Delivery
 from compressor.distill import print_report, run
 from compressor.recipe.schema import load_recipe, parse_overrides
 from ernie_common.errors import cli
@@ -57,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{hub['general.dataset']} ({hub['general.dataset_config']}) on the Hugging Face hub", file=sys.stderr)
     try:
         recipe = load_recipe(args.config, {**hub, **parse_overrides(overrides)})
-        run(recipe, args.output_dir)
+        report = run(recipe, args.output_dir, delivery=Delivery(bento=DEFAULT_NAME, build=False))
     except HubUnreachable as exc:
         if not hub:
             raise
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the demo's data is not here and the hub is unreachable ({str(exc).split(' from ')[0]}): "
               f"put {' and '.join(where)}, or go online", file=sys.stderr)
         return 2
-    return print_report(args.output_dir)
+    return print_report(args.output_dir, report)
 
 
 main = cli(main)

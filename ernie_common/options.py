@@ -32,13 +32,13 @@ class Option:
 
 
 def strip_optional(annotation: Any) -> Any:
-    """``X`` for ``X``, ``X | None``, ``Optional[X]`` and ``Annotated[X, ...]`` (the type a value is parsed as)."""
+    """``X`` for ``X``, ``X | None``, ``Optional[X]`` and ``Annotated[X, ...]`` (the type a value is parsed as);
+    for ``X | Y`` the first alternative (what a command line gives; a caller in Python may pass the others)."""
     if typing.get_origin(annotation) is Annotated:
         return strip_optional(typing.get_args(annotation)[0])
     if typing.get_origin(annotation) in (Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return strip_optional(args[0])
+        return strip_optional(args[0])
     return annotation
 
 

@@ -42,6 +42,8 @@ class Examples:
     """The label column's raw values, one per text; None when the file has no label column."""
     columns: tuple[str, ...]
     """The columns the texts came from (empty for a plain text file)."""
+    source: str = ""
+    """Where the rows came from, for messages (rows built in memory: e.g. "sst2 dev rows"); files say their path."""
 
 
 def csv_options(path: str | os.PathLike) -> dict:

@@ -19,6 +19,7 @@ import platform
 import shutil
 import sys
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from ernie_common.env import library_versions
 from ernie_common.errors import UserError, cli
 from ernie_common.io import atomic_dir
 from ernie_common.options import add_options
-from ernie_common.tables import TableError, read_examples
+from ernie_common.tables import Examples, TableError, read_examples
 from runtime import backends
 from runtime.backends import BackendUnavailable, onnxruntime_backend, torch_backend
 from runtime.classifier import (
@@ -120,9 +121,9 @@ class ExportOptions:
     max_seq: int = _option(128, "parity truncation and TensorRT profile: longest sequence")
     pad_heads: bool = _option(False, "pad attention heads to a multiple of 8 (exact)")
     opset: int | None = _option(None, "ONNX opset (default: optimum's for the model)")
-    parity_data: Path | None = _option(
+    parity_data: Path | Examples | None = _option(
         None, "GLUE TSV of real sentences for parity (e.g. ../shared/data/glue/SST-2/dev.tsv; default: built-in "
-              "review sentences)")
+              "review sentences; from Python also rows already in memory: Examples with a source)")
     parity_limit: int = _option(512, "sentences of --parity-data to use")
     min_agreement: float = _option(0.995, "label agreement floor for fp32/fp16")
     int8_min_agreement: float = _option(0.95, "label agreement floor for int8 (the real MiniLM measures 95.5% on "
@@ -146,21 +147,26 @@ class ExportOptions:
 
 # ------------------------------------------------------------------------------------------ sentences
 
-def parity_sentences(parity_data: str | Path | None, limit: int) -> tuple[list, str, np.ndarray | None]:
+def parity_sentences(parity_data: str | Path | Examples | None, limit: int) -> tuple[list, str, np.ndarray | None]:
     """Real sentences for parity: the first ``limit`` of a GLUE-style file (``ernie_common.tables``: a
-    ``sentence`` column, or pairs such as ``sentence1``/``sentence2``, CoLA's header-less files too), else the
-    built-in review sentences; plus the file's integer gold labels when it has them (then accuracy is
-    recorded beside agreement)."""
+    ``sentence`` column, or pairs such as ``sentence1``/``sentence2``, CoLA's header-less files too) or of
+    rows given in memory, else the built-in review sentences; plus their integer gold labels when they have
+    them (then accuracy is recorded beside agreement)."""
     if parity_data is None:
         return list(BUILTIN_SENTENCES)[:limit], "built-in review sentences", None
-    try:
-        examples = read_examples(parity_data, limit=limit)
-    except TableError as err:
-        raise ExportError(f"--parity-data: {err}") from None
+    if isinstance(parity_data, Examples):
+        examples = Examples(parity_data.texts[:limit], (parity_data.labels or [])[:limit] or None,
+                            parity_data.columns, parity_data.source)
+    else:
+        try:
+            examples = read_examples(parity_data, limit=limit)
+        except TableError as err:
+            raise ExportError(f"--parity-data: {err}") from None
+    where = examples.source or parity_data
     if not examples.texts:
-        raise ExportError(f"--parity-data {parity_data} holds no sentences: pass a GLUE TSV such as "
+        raise ExportError(f"--parity-data {where} holds no sentences: pass a GLUE TSV such as "
                           "../shared/data/glue/SST-2/dev.tsv")
-    return examples.texts, f"{parity_data} ({len(examples.texts)} rows)", _gold_labels(examples.labels)
+    return examples.texts, f"{where} ({len(examples.texts)} rows)", _gold_labels(examples.labels)
 
 
 def _gold_labels(labels: list[str] | None) -> np.ndarray | None:
@@ -180,6 +186,8 @@ class Reference:
     logits: np.ndarray
     is_regression: bool
     gold: np.ndarray | None = None
+    rows_per_s: float | None = None
+    """PyTorch's speed on the parity rows (:func:`timed_batches`), the baseline of the variants' speeds."""
 
     def accuracy(self, logits: np.ndarray) -> float | None:
         if self.gold is None or self.is_regression:
@@ -189,6 +197,15 @@ class Reference:
 
 def run_batches(backend, batches: list[dict]) -> np.ndarray:
     return np.concatenate([backend(b) for b in batches])
+
+
+def timed_batches(backend, batches: list[dict]) -> tuple[np.ndarray, float]:
+    """The logits of ``batches`` and the rows per second of that pass, after one warm-up batch: a rough speed
+    (this machine, the parity rows and batches), recorded beside each variant's parity."""
+    backend(batches[0])
+    start = time.perf_counter()
+    logits = run_batches(backend, batches)
+    return logits, round(len(logits) / max(time.perf_counter() - start, 1e-9), 1)
 
 
 def parity(reference: Reference, logits: np.ndarray) -> dict:
@@ -356,7 +373,8 @@ def _verify(variant: str, path: Path, reference: Reference, options: ExportOptio
     device = parity_device(variant)
     try:
         backend = onnxruntime_backend(path, device=device)
-        result = parity(reference, run_batches(backend, reference.batches))
+        logits, speed = timed_batches(backend, reference.batches)
+        result = {**parity(reference, logits), "rows_per_s": speed}
     except (Fail, OrtNotImplemented) as err:  # an fp16 graph may lack CPU kernels: recorded, not served by auto
         if variant != "fp16":
             raise ExportError(f"onnxruntime cannot run the {variant} graph: {_first_line(err)}") from None
@@ -389,7 +407,8 @@ def _build_tensorrt(onnx_path: Path, work: Path, reference: Reference, options: 
     from runtime.tensorrt import build_engine
 
     engine = build_engine(onnx_path, work, options.max_batch, options.max_seq)
-    result = parity(reference, run_batches(tensorrt_backend(engine), reference.batches))
+    logits, speed = timed_batches(tensorrt_backend(engine), reference.batches)
+    result = {**parity(reference, logits), "rows_per_s": speed}
     check_parity("tensorrt", result, options, reference.is_regression)
     result.update(status="passed", device="cuda")
     return result
@@ -418,7 +437,8 @@ def export(model_dir: str | Path, out_dir: str | Path, options: ExportOptions | 
     # batches no larger than the TensorRT profile accepts (the same batches go through every variant)
     # encoded as runtime.Classifier encodes, so parity checks what will be served
     batches = Encoder(tokenizer, options.max_seq, str(model_dir)).batches(texts, min(PARITY_BATCH, options.max_batch))
-    reference = Reference(batches, run_batches(torch_backend(model), batches), not labels_of(config_dict), gold)
+    logits, speed = timed_batches(torch_backend(model), batches)
+    reference = Reference(batches, logits, not labels_of(config_dict), gold, speed)
     log(f"parity set: {source}")
 
     scratch = Path(tempfile.mkdtemp(prefix="runtime-export-"))
@@ -433,6 +453,7 @@ def export(model_dir: str | Path, out_dir: str | Path, options: ExportOptions | 
                            "architecture": (config_dict.get("architectures") or ["?"])[0]},
                 "labels": labels_of(config_dict), "is_regression": reference.is_regression,
                 "parity_max_seq": options.max_seq, "parity_data": source, "head_padding": head_padding,
+                "torch_rows_per_s": reference.rows_per_s,
                 "versions": library_versions(VERSIONED),
             })
             manifest["files"].update({p.name: file_entry(p, None, "tokenizer/config for the ONNX variants")
@@ -491,7 +512,8 @@ def _fmt(result: dict) -> str:
         return f"parity: {result.get('status')} ({result.get('reason', '')[:80]})"
     agree = f", agreement {result['label_agreement']:.2%}" if "label_agreement" in result else ""
     acc = f", accuracy {result['accuracy']:.2%} (torch {result['torch_accuracy']:.2%})" if "accuracy" in result else ""
-    return f"parity: max |diff| {result['max_abs_logit_diff']:.2e}{agree}{acc} (n={result['n']})"
+    speed = f", {result['rows_per_s']:g} rows/s" if "rows_per_s" in result else ""
+    return f"parity: max |diff| {result['max_abs_logit_diff']:.2e}{agree}{acc} (n={result['n']}){speed}"
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -39,6 +39,7 @@ LossName = Literal["hidden", "attention", "embedding", "soft", "hard"]
 TeacherKind = Literal["pretrained", "finetuned"]
 DataKind = Literal["general", "task"]
 TaskName = Literal[(*GLUE_TASKS, "custom")]  # type: ignore[valid-type]
+OptimizeLevel = Literal["O1", "O2", "O3", "O4"]  # runtime.export's ORTOptimizer levels
 
 RENAMED_KEYS = {"teacher.finetune.max_train_samples": "teacher.finetune.sample_rows"}
 """Keys that were renamed: refused with one line naming the new key (no silent alias)."""
@@ -270,6 +271,20 @@ class TeacherCacheConfig(Section):
     caches of the same teacher and rows."""
 
 
+class ExportConfig(Section):
+    """How ``--export`` turns ``final/`` into an ONNX export (``runtime.export``; its parity is measured on the
+    task's dev rows). O2 fused FP32 is what the service chooses on a CPU; INT8 is smaller and, asked for by
+    ``COMPRESSOR_VARIANT=int8``, faster, at a small cost in agreement."""
+
+    optimize: OptimizeLevel | None = "O2"
+    """ONNX Runtime optimisation level of ``model_optimized.onnx`` (O1-O4; ``null``: none)."""
+    int8: bool = False
+    fp16: bool = False
+    """Also an FP16 graph (for GPUs; checked on a GPU where there is one)."""
+    int8_min_agreement: float = Field(0.95, ge=0, le=1)
+    """The INT8 graph's parity gate: the least share of dev rows labelled as the PyTorch student labels them."""
+
+
 class Recipe(Section):
     """A distillation recipe: the task, the teachers, the student, the general corpus, optional augmented data
     and the stages, in order."""
@@ -287,6 +302,8 @@ class Recipe(Section):
     fp16: bool | None = None
     """Mixed precision; ``None``: on when CUDA is present."""
     teacher_cache: TeacherCacheConfig = Field(default_factory=TeacherCacheConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    """Used by ``--export``/``--bento`` only; a run without them ignores it."""
 
     def stage(self, name: str) -> StageConfig:
         for s in self.stages:

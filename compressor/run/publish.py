@@ -1,4 +1,5 @@
-"""What a finished run hands out: the teacher's dev metrics, ``final/`` (the last stage's student) and the report.
+"""What a finished run hands out: the teacher's dev metrics, ``final/`` (the last stage's student) and the report,
+and ``final/``'s model card (compressor/run/card.py).
 
 Rank 0 writes, atomically (a temp file or folder, then a rename), and every rank waits for it.
 """
@@ -10,6 +11,7 @@ from typing import Any
 
 from transformers import AutoModelForSequenceClassification
 
+from compressor.run.card import write_model_card
 from compressor.run.context import RunContext
 from compressor.run.fingerprint import fingerprint, model_identity, task_identity
 from compressor.run.report import build_report, write_report
@@ -47,7 +49,8 @@ def publish_final(ctx: RunContext, last_stage: Path) -> Path:
 
 
 def publish_report(ctx: RunContext, stages: list[dict[str, Any]], final: Path, pruned: Path | None) -> dict[str, Any]:
-    """``report.json``, ``report.md`` and the plot (compressor/run/report.py) from the finished folders."""
+    """``report.json``, ``report.md`` and the plot (compressor/run/report.py) from the finished folders, and the
+    model card in ``final/``."""
     teacher = ctx.teacher("finetuned")
     student = AutoModelForSequenceClassification.from_pretrained(final)
     report = build_report(
@@ -60,5 +63,6 @@ def publish_report(ctx: RunContext, stages: list[dict[str, Any]], final: Path, p
     )
     if ctx.main:
         write_report(report, ctx.out)
+        write_model_card(final, report, ctx.recipe, ctx.task)
     ctx.barrier()
     return report

@@ -31,28 +31,23 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+def scores_table(report: dict[str, Any], paths: bool = True) -> list[str]:
+    """Teacher and student (with their paths), parameters, the main dev metric and the others (markdown lines)."""
     m = report["metric"]
-    t, s = report["teacher"], report["student"]
-    retention = report["retention"]
-    lines = [
-        f"# Distillation report: {report['task']}",
-        "",
-        f"Main dev metric: **{m}**. Final student keeps **{retention:.1%}** of the teacher's {m}"
-        if retention is not None else f"Main dev metric: **{m}**.",
-        "",
-        "| model | params | " + m + " | other dev metrics |",
-        "|---|---|---|---|",
-        f"| teacher ({t['path']}) | {t['params']:,} | {_fmt(t['dev'].get(m))} | "
-        + ", ".join(f"{k} {_fmt(v)}" for k, v in t["dev"].items() if k != m) + " |",
-        f"| student ({s['path']}) | {s['params']:,} | {_fmt(s['dev'].get(m))} | "
-        + ", ".join(f"{k} {_fmt(v)}" for k, v in s["dev"].items() if k != m) + " |",
-        "",
-        f"Compression: {report['compression']:.1f}x fewer parameters.",
-        "",
-        "| stage | teacher | data | losses (weight) | steps | " + m + " | seconds |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    rows = ["| model | params | " + m + " | other dev metrics |", "|---|---|---|---|"]
+    for who in ("teacher", "student"):
+        r = report[who]
+        name = f"{who} ({r['path']})" if paths else who
+        rows.append(f"| {name} | {r['params']:,} | {_fmt(r['dev'].get(m))} | "
+                    + ", ".join(f"{k} {_fmt(v)}" for k, v in r["dev"].items() if k != m) + " |")
+    return rows
+
+
+def stage_table(report: dict[str, Any]) -> list[str]:
+    """The pruned start (if any) and each stage: teacher, data, losses, steps, the main dev metric, seconds."""
+    m = report["metric"]
+    lines = ["| stage | teacher | data | losses (weight) | steps | " + m + " | seconds |",
+             "|---|---|---|---|---|---|---|"]
     pruned = report.get("pruned")
     if pruned:
         lines.append(f"| pruned (start) | cut from the {pruned['prune_from']} teacher: layers {pruned['layers']} "
@@ -62,7 +57,21 @@ def render_markdown(report: dict[str, Any]) -> str:
         losses = ", ".join(f"{k} {w:g}" for k, w in st["losses"].items() if w)
         lines.append(f"| {st['name']} | {st['teacher']} | {st['data']} | {losses} | {st.get('steps', '-')} | "
                      f"{_fmt(st['dev'].get(m))} | {st.get('seconds', '-')} |")
-    lines += ["", f"Dev {m} after each stage: {PLOT_FILE}. Total wall time: {report['total_seconds']} s.", ""]
+    return lines
+
+
+def retention_line(report: dict[str, Any]) -> str:
+    m, retention = report["metric"], report["retention"]
+    if retention is None:
+        return f"Main dev metric: **{m}**."
+    return f"Main dev metric: **{m}**. Final student keeps **{retention:.1%}** of the teacher's {m}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    m = report["metric"]
+    lines = [f"# Distillation report: {report['task']}", "", retention_line(report), "", *scores_table(report), "",
+             f"Compression: {report['compression']:.1f}x fewer parameters.", "", *stage_table(report),
+             "", f"Dev {m} after each stage: {PLOT_FILE}. Total wall time: {report['total_seconds']} s.", ""]
     return "\n".join(lines)
 
 

@@ -415,8 +415,8 @@ class Rows(DistillationCallback):
             r[m.bool()].tolist() for r, m in zip(inputs["input_ids"], inputs["attention_mask"]))
 
 real_run = distill.run
-distill.run = lambda recipe, out, callbacks=None: real_run(recipe, out, callbacks=[Rows()])
-code = distill.main(["--config", sys.argv[1], "--output-dir", sys.argv[2]])
+distill.run = lambda recipe, out, callbacks=None, **kw: real_run(recipe, out, callbacks=[Rows()], **kw)
+code = distill.main(["--config", sys.argv[1], "--output-dir", sys.argv[2], "--export"])
 with open(os.path.join(sys.argv[2], f"rows-{os.environ['RANK']}.json"), "w") as f:
     json.dump(Rows.rows, f)
 sys.exit(code)
@@ -427,7 +427,7 @@ def test_two_ddp_ranks_train_on_disjoint_rows_that_cover_the_task_data(tmp_path,
                                                                        write_recipe, glue_dir):
     """``torchrun`` with two CPU processes through the CLI: in the general-corpus stage the ranks train on disjoint
     packed blocks; in the task stage on disjoint rows that together are the task slice, each row once; only rank 0
-    reports, and the student is a normal classifier."""
+    reports and exports (the other waits), and the student is a normal classifier."""
     recipe = tiny_recipe(tiny_bert_dir, finetuned=tiny_bert_dir)
     recipe["stages"] = [recipe["stages"][0], recipe["stages"][3]]  # one general-corpus stage, one task stage
     config = write_recipe(tmp_path, recipe)
@@ -439,6 +439,7 @@ def test_two_ddp_ranks_train_on_disjoint_rows_that_cover_the_task_data(tmp_path,
                           env={**_subprocess_env(), "PYTHONPATH": str(Path(__file__).parents[2])})  # this checkout's package
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("# Distillation report") == 1  # only rank 0 reports
+    assert proc.stdout.count("export: ") == 1 and (out / "export" / "export.json").is_file()
     rows = [{k: [tuple(r) for r in v] for k, v in json.loads((out / f"rows-{rank}.json").read_text()).items()}
             for rank in (0, 1)]
     # general corpus: 3 steps x 8 blocks of 32 tokens per rank, no block on both ranks

@@ -101,6 +101,7 @@ def test_model_info_says_what_runs(tiny_server, tiny_classifier):
     assert info["max_length"] == tiny_classifier.max_length
     assert info["batching"]["max_items_per_request"] == 16 and info["batching"]["max_chars_per_text"] == 10_000
     assert info["is_pair"] is None and info["workers"] == 2 and info["threads_per_worker"] == 1
+    assert info["report"] is None  # a folder without the report.json compressor.distill writes beside its card
 
 
 def test_health_metrics_and_openapi(tiny_server):
@@ -180,23 +181,41 @@ def test_export_directory_served_on_onnxruntime(server_env, tiny_dir, tiny_class
 
 
 def test_model_from_the_store_is_served(server_env, tiny_dir, tiny_classifier, tmp_path):
-    """`python -m bentos.store` puts a model into BentoML's store; without COMPRESSOR_MODEL_DIR the service
-    serves the store's latest version (what `bentoml build` packs into a Bento)."""
+    """`python -m bentos.store` puts a model into BentoML's store (the same fingerprint twice: one version);
+    without COMPRESSOR_MODEL_DIR the service serves the store's latest version (what `bentoml build` packs into a
+    Bento), and /model_info returns the distillation report the folder carried."""
     import os
+    import shutil
     import subprocess
     import sys
 
+    import yaml
+
     home = tmp_path / "bentoml_home"
-    stored = subprocess.run([sys.executable, "-m", "bentos.store", str(tiny_dir)], capture_output=True, text=True,
-                            env={**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"},
-                            cwd=REPO, timeout=300)
-    assert stored.returncode == 0, stored.stderr
-    tag = stored.stdout.strip().splitlines()[-1]
-    assert tag.startswith("ernie-tiny-classifier:")
+    model = shutil.copytree(tiny_dir, tmp_path / "model")
+    report = {"task": "sst2", "metric": "accuracy", "student": {"dev": {"accuracy": 0.75}}, "pruned": None}
+    (model / "report.json").write_text(json.dumps(report))
+
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
+
+    def store(*extra: str) -> str:
+        stored = subprocess.run([sys.executable, "-m", "bentos.store", str(model), *extra], capture_output=True,
+                                text=True, env=env, cwd=REPO, timeout=300)
+        assert stored.returncode == 0, stored.stderr
+        return stored.stdout.strip().splitlines()[-1]
+
+    tag = store("--fingerprint", "0123abcd")
+    assert tag.startswith("ernie-tiny-classifier:") and store("--fingerprint", "0123abcd") == tag
+    versions = list((home / "models" / "ernie-tiny-classifier").glob("*/model.yaml"))
+    assert len(versions) == 1
+    stored_info = yaml.safe_load(versions[0].read_text())
+    assert stored_info["labels"]["fingerprint"] == "0123abcd"
+    assert stored_info["metadata"]["report"] == {k: v for k, v in report.items() if v is not None}  # no nulls there
     with bento_server(None, env=server_env, log_dir=tmp_path) as server:
         info = post(server, "/model_info", {}).json()
     assert info["model_hash"] == tiny_classifier.model_hash
     assert info["path"].startswith(str(home / "models" / "ernie-tiny-classifier"))
+    assert info["report"] == report
     bad = subprocess.run([sys.executable, "-m", "bentos.store", str(tmp_path / "nope")], capture_output=True,
-                         text=True, env={**os.environ, "BENTOML_HOME": str(home)}, cwd=REPO, timeout=300)
+                         text=True, env=env, cwd=REPO, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
