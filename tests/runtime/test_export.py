@@ -153,7 +153,7 @@ def test_parity_batches_fit_a_tensorrt_profile_smaller_than_the_parity_set(monke
     manifest = export(tiny_bert_dir, tmp_path / "out", ExportOptions(optimize=None, max_batch=8, max_seq=64),
                       log=lambda *_: None)
     assert manifest["parity"]["fp32"]["n"] == 32 and manifest["parity"]["fp32"]["status"] == "passed"
-    assert rows == [8, 8, 8, 8]
+    assert rows and max(rows) <= 8  # the parity batches, and the warm-up batch before the timed rows/s
 
 
 @pytest.mark.skipif(gpu_available(), reason="checks a machine without a GPU")
