@@ -13,6 +13,7 @@ overlay ``arms/<key>.yaml``:
     (d) GD + GED + TSD                 (e) GD + GED + TAD + TSD (ERNIE-Tiny)
     (p) (f)'s pruned start, untrained  (f) pruned + GD + GED + TAD + TSD
     (g) (f) + augmented task data (transfer set) in TAD and TSD
+    (h) pruned + GED + TAD + TSD with the transfer set at recovery rates   (r) (h)'s stages from a random start
 
 For each task the pretrained teacher is fine-tuned once (``compressor.finetune``). General Distillation does
 not depend on the task, so ``arms/gd.yaml`` runs once per scale and (c)-(e), whose overlays say
@@ -108,6 +109,7 @@ ARMS: dict[str, Arm] = {v.key: v for v in (
     Arm("f", "(f) pruned + GD + GED + TAD + TSD"),
     Arm("g", "(g) (f) + augmented task data (transfer set) in TAD and TSD"),
     Arm("h", "(h) pruned + GED + TAD + TSD with the transfer set, recovery rates, no GD (demo.yaml)"),
+    Arm("r", "(r) (h)'s stages from a random start"),
 )}
 GD = Arm("gd", "General Distillation, shared by (c)-(e)")
 GD_STAGE = "gd"
@@ -146,6 +148,8 @@ class Scale:
     arms: tuple[str, ...] = ()
     """The rows the scale runs by default (empty: every arm)."""
     bench: Bench = Bench()
+    probe_cache: bool = False
+    """Also measure the teacher-output cache's effect (:func:`cache_probe`)."""
 
     def layers(self, task: str) -> list[Path]:
         """The task's paper recipe, this scale's overlay and its task slice (when there is one)."""
@@ -165,7 +169,7 @@ SCALES: dict[str, Scale] = {s.name: s for s in (
           teacher=None, tasks=("sst2", "mrpc", "cola", "stsb"), needs_cuda=True, fetch_teacher="all-mpnet-base-v2"),
     Scale("base", "2-core CPU: the 12-layer all-mpnet-base-v2 cut to ERNIE-Tiny's shape (7.5x), teacher outputs cached",
           teacher=None, teacher_name="all-mpnet-base-v2", tasks=("sst2", "mrpc"), fetch_teacher="all-mpnet-base-v2",
-          hub_teacher="sentence-transformers/all-mpnet-base-v2", arms=("p", "f", "g", "h", "e")),
+          hub_teacher="sentence-transformers/all-mpnet-base-v2", arms=("p", "h", "r"), probe_cache=True),
 )}
 
 
@@ -239,12 +243,14 @@ class Plan:
     """The command line's ``--dotted.key value`` recipe overrides."""
     glue_dir: str = _GLUE
     corpus: str = _CORPUS
+    probe_cache: bool = True
 
     @property
     def settings(self) -> dict[str, Any]:
         """What every run's recipe gets after the scale's layers: the teacher, the data, the overrides."""
         return {"teacher.pretrained": self.teacher, "task.glue_dir": self.glue_dir, **local_corpus(self.corpus),
-                **self.overrides}
+                # one cache folder for every run: arms on the same rows and teacher read one fill
+                "teacher_cache.cache_dir": str(self.out / "teacher_outputs"), **self.overrides}
 
     @property
     def trained(self) -> list[Arm]:
@@ -303,7 +309,10 @@ def run_plan(plan: Plan) -> dict[str, Any]:
             recipe = compose_recipe(plan.scale, task, v, plan.settings, path, gd_student)
             runs[task][v.key] = distill(recipe, plan.out / "runs" / task / v.key, shared)
     speed = measure_speed(plan, teachers, runs)
-    return build_results(plan, teachers, runs, gd, speed, time.perf_counter() - started)
+    results = build_results(plan, teachers, runs, gd, speed, time.perf_counter() - started)
+    if plan.scale.probe_cache and plan.probe_cache:
+        results["cache_probe"] = cache_probe(plan, runs)
+    return results
 
 
 # --------------------------------------------------------------------------- speed
@@ -342,6 +351,51 @@ def measure_speed(plan: Plan, teachers: dict[str, dict], runs: dict[str, dict]) 
             "teacher": {"path": str(exported["teacher"]), **row["teacher"]},
             "student": {"path": str(exported["student"]), **row["student"]},
             "environment": report["environment"]}
+
+
+# --------------------------------------------------------------------------- the cache's effect
+
+
+CACHE_PROBE_STEPS = 150
+
+
+def cache_probe(plan: Plan, runs: dict[str, dict], steps: int = CACHE_PROBE_STEPS) -> dict[str, Any]:
+    """The teacher-output cache's effect, measured in this run: the last trained arm's task stages (TAD, TSD) on
+    the first task, ``steps`` steps each from the same start, once reading the cache the arm filled and once with
+    ``teacher_cache.enabled: false`` (the teacher's forward pass in every step); seconds per step and per epoch
+    of each stage. ``{}`` where the arm has no cached stage."""
+    task = plan.tasks[0]
+    arm = next((v for v in reversed(plan.trained) if v.key in runs[task]), None)
+    if arm is None:
+        return {}
+    run_dir = plan.out / "runs" / task / arm.key
+    recipe = read_yaml(run_dir / "recipe.yaml")
+    report = runs[task][arm.key]["report"]
+    names = {st["name"] for st in report["stages"]}
+    task_stages = [st for st in recipe["stages"] if st.get("data", "task") == "task" and st["name"] in names]
+    first = recipe["stages"].index(task_stages[0]) if task_stages else 0
+    if not task_stages or not recipe.get("teacher_cache", {}).get("enabled", True):
+        return {}
+    start = run_dir / recipe["stages"][first - 1]["name"] if first else run_dir / "pruned"
+    rows = {st["name"]: st for st in report["stages"]}
+    out: dict[str, Any] = {"task": task, "arm": arm.key, "steps": steps, "stages": {}}
+    for cached in (True, False):
+        probe = copy.deepcopy(recipe)
+        probe["student"] = {**probe["student"], "init": "checkpoint", "checkpoint": str(start)}
+        probe["stages"] = [{**st, "max_steps": steps} for st in task_stages]
+        probe["save_steps"] = 10 * steps
+        probe["teacher_cache"] = {**probe.get("teacher_cache", {}), "enabled": cached}
+        folder = plan.out / "probes" / task / f"cache-{'on' if cached else 'off'}"
+        result = distill_run(recipe_from_dict(probe), folder)
+        for st in result["stages"]:
+            # one pass over the stage's rows (task rows and any transfer set), in batches of its batch size
+            per_epoch = math.ceil(sum(rows[st["name"]]["rows"].values()) / st["recipe"]["batch_size"])
+            entry = out["stages"].setdefault(st["name"], {"steps_per_epoch": per_epoch})
+            entry["on" if cached else "off"] = {"train_seconds": st["train_seconds"],
+                                                "per_step": st["train_seconds"] / st["steps"]}
+    out["caches"] = [{"rows": c["rows"], "gib": round(c["bytes"] / 2**30, 2), "fill_seconds": c.get("fill_seconds")}
+                     for c in map(read_json, sorted((plan.out / "teacher_outputs").glob("*/cache.json")))]
+    return out
 
 
 # --------------------------------------------------------------------------- the table
@@ -445,7 +499,26 @@ def render_markdown(results: dict[str, Any]) -> str:
                 shared = " (reused)" if st["name"] in r["reused_stages"] else ""
                 lines.append(f"| {task} | ({key}) | {st['name']}{shared} | {st.get('steps', '-')} | "
                              f"{_pct(st['dev'].get(metrics[task]))} | {st.get('seconds', '-')} |")
+    lines += render_cache_probe(results.get("cache_probe") or {})
     return "\n".join(lines) + "\n"
+
+
+def render_cache_probe(probe: dict[str, Any]) -> list[str]:
+    if not probe or not probe.get("stages"):
+        return []
+    lines = ["", f"The teacher-output cache, same run: ({probe['arm']})'s task stages on {probe['task']}, "
+             f"{probe['steps']} steps each from the same start, reading the cache or running the teacher in every "
+             "step (training seconds only; an epoch = the stage's own steps per epoch):", "",
+             "| stage | steps per epoch | s/step cached | s/step teacher live | s/epoch cached | s/epoch live | speed-up |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, st in probe["stages"].items():
+        on, off, n = st["on"]["per_step"], st["off"]["per_step"], st["steps_per_epoch"]
+        lines.append(f"| {name} | {n} | {on:.3f} | {off:.3f} | {on * n:.0f} | {off * n:.0f} | {off / on:.1f}x |")
+    fills = "; ".join(f"{c['rows']:,} rows, {c['gib']} GiB, filled in {c['fill_seconds']} s"
+                      for c in probe.get("caches", []) if c.get("fill_seconds") is not None)
+    if fills:
+        lines += ["", f"Each cache is filled once (one teacher pass over its rows) and read by every epoch and stage: {fills}."]
+    return lines
 
 
 def write_results(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
@@ -524,7 +597,7 @@ def make_plan(args: argparse.Namespace, extra: list[str]) -> Plan:
     overrides = parse_overrides(extra)
     out = Path(args.output_dir).resolve()
     return Plan(scale, tasks, [ARMS[k] for k in keys], out, resolve_teacher(scale, args.teacher, out), overrides,
-                glue_dir=args.glue_dir or _GLUE, corpus=args.corpus or _CORPUS)
+                glue_dir=args.glue_dir or _GLUE, corpus=args.corpus or _CORPUS, probe_cache=not args.no_cache_probe)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -539,6 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--glue-dir", help=f"GLUE folder with the standard TSVs (default: {_GLUE})")
     p.add_argument("--corpus", help=f"general corpus file (default: {_CORPUS})")
     p.add_argument("--allow-cpu", action="store_true", help="run a GPU scale on the CPU anyway")
+    p.add_argument("--no-cache-probe", action="store_true",
+                   help="skip the scale's measurement of the teacher-output cache's effect")
     p.add_argument("--results-md", help="also put the table into this file between the scale's markers "
                                         "(e.g. benchmarks/RESULTS.md)")
     return p

@@ -345,10 +345,11 @@ class TextClassifier:
 TextClassifier.apis["classify"].output_spec.media_type = "application/json"
 
 TextClassifier.add_asgi_middleware(AdmissionMiddleware, paths={"/classify"}, limit=SETTINGS.max_in_flight,
-                                   retry_after_s=SETTINGS.retry_after_s)
+                                   retry_after_s=SETTINGS.retry_after_s, budget_s=SETTINGS.queue_budget_ms / 1e3)
 TextClassifier.add_asgi_middleware(ContractMiddleware, statuses={"/classify": {
     413: "a body larger than any valid request",
     422: "a text longer than COMPRESSOR_MAX_CHARS characters, texts sent to a pair model, or pairs to a "
          "single-text model",
-    503: "the server holds COMPRESSOR_MAX_IN_FLIGHT requests already: retry after the Retry-After seconds",
+    503: "the requests the server holds would keep this one past COMPRESSOR_QUEUE_BUDGET_MS, or number "
+         "COMPRESSOR_MAX_IN_FLIGHT already: retry after the Retry-After seconds",
 }}, body_required=["/classify"])

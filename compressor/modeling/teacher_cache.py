@@ -179,14 +179,16 @@ def fill(folder: Path, rows, spec: CacheSpec, teacher: nn.Module,
                 if array is not None:
                     array.flush()
             write_json_atomic(progress, {"batches": b + 1, "of": len(batches)})
-    if done < len(batches):
-        log.info("teacher outputs: rank %d done in %.1f s", rank, time.perf_counter() - start)
+    fill_seconds = round(time.perf_counter() - start, 1) if done < len(batches) else None
+    if fill_seconds is not None:
+        log.info("teacher outputs: rank %d done in %.1f s", rank, fill_seconds)
     del files
     barrier()
     if rank == 0 and not (folder / COMPLETE).is_file():
         write_json_atomic(folder / COMPLETE, {"format": FORMAT, "spec": asdict(spec), "rows": len(lengths),
                                               "num_layers": teacher.config.num_hidden_layers,
-                                              "bytes": spec.bytes_for(lengths, num_labels)})
+                                              "bytes": spec.bytes_for(lengths, num_labels),
+                                              "fill_seconds": fill_seconds})
     barrier()
     return TeacherCache(folder)
 

@@ -131,6 +131,7 @@ def run_stage(ctx: RunContext, index: int, result: Result, status: Status, prune
     summary = {"name": stage.name, "recipe": stage.model_dump(), "teacher": stage.teacher,
                "teacher_path": teacher.config._name_or_path, "data": stage.data, "losses": dict(stage.losses),
                "steps": trainer.state.global_step, "train_loss": round(float(outcome.training_loss), 6), "rows": rows,
+               "train_seconds": round(float(outcome.metrics.get("train_runtime", 0.0)), 1),
                "fingerprint": result.fingerprint}
     if ctx.main:
         save_stage(ctx, stage_dir, module, summary, start)

@@ -41,7 +41,7 @@ def _finite(x) -> bool:
 def test_table_has_teacher_and_five_students_with_measured_numbers(tiny_run, reproduce):
     out, results = tiny_run
     rows = {r["key"]: r for r in results["rows"]}
-    assert list(rows) == ["teacher", "a", "b", "c", "d", "e", "p", "f", "g", "h"]
+    assert list(rows) == ["teacher", "a", "b", "c", "d", "e", "p", "f", "g", "h", "r"]
     for row in rows.values():
         assert _finite(row["scores"]["sst2"]) and 0.0 <= row["scores"]["sst2"] <= 1.0
         assert row["average"] == row["scores"]["sst2"]
@@ -49,7 +49,7 @@ def test_table_has_teacher_and_five_students_with_measured_numbers(tiny_run, rep
         assert isinstance(row["params"], int) and row["params"] > 0
         assert _finite(row["speedup"]) and row["speedup"] > 0
     assert rows["teacher"]["retention"] == 1.0
-    students = [rows[k] for k in "abcdefghp"]
+    students = [rows[k] for k in "abcdefghpr"]
     assert len({r["params"] for r in students}) == 1, "all students must have one shape"
     f_report = json.loads((out / "runs" / "sst2" / "f" / "report.json").read_text())
     assert rows["p"]["scores"]["sst2"] == f_report["pruned"]["dev"]["accuracy"]  # (p) is (f)'s start, untrained
@@ -200,6 +200,8 @@ def test_the_overlays_compose_exactly_the_recipes_the_old_reproduce_built(reprod
         v = reproduce.GD if arm == "gd" else reproduce.ARMS[arm]
         new = reproduce.compose_recipe(plan.scale, task, v, plan.settings, str(plan.out / "teachers" / task),
                                        str(plan.out / "gd" / reproduce.GD_STAGE))
+        # where teacher outputs are kept (one folder for every run) changes no result and no fingerprint
+        assert new.pop("teacher_cache") == {"cache_dir": str(plan.out / "teacher_outputs")}, key
         assert new == old, key
 
 
@@ -230,11 +232,11 @@ def test_the_base_scale_composes_a_valid_recipe_for_each_of_its_rows(reproduce, 
     """SST-2 and MRPC, each default row of the base scale: a valid recipe with ERNIE-Tiny's student shape and a
     cached teacher for the task stages (nothing is trained)."""
     scale = reproduce.SCALES["base"]
-    assert scale.tasks == ("sst2", "mrpc") and set(scale.arms) == {"p", "f", "g", "h", "e"}
+    assert scale.tasks == ("sst2", "mrpc") and set(scale.arms) == {"p", "h", "r"}
     plan = reproduce.Plan(scale, list(scale.tasks), [], Path("<out>"), str(tiny_bert_dir), {},
                           glue_dir=str(glue_dir), corpus=str(corpus_file))
     for task in scale.tasks:
-        for key in scale.arms:
+        for key in ("p", "f", "g", "h", "r", "e"):  # the default rows and the ones --arms adds
             arm = reproduce.ARMS[key]
             if arm.from_run:  # (p) is (f)'s pruned start: no run of its own
                 continue
@@ -254,3 +256,35 @@ def test_the_base_teacher_offline_and_absent_is_one_line(reproduce, capsys, tmp_
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: no local all-mpnet-base-v2")
     assert "--teacher DIR" in err and "hub is unreachable" in err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_cache_probe_times_the_task_stages_reading_the_arms_cache_and_running_the_teacher(
+        reproduce, monkeypatch, tmp_path, tiny_bert_dir, glue_dir, corpus_file):
+    """The probe reruns (h)'s TAD and TSD from the same start twice: cached, it reads the cache (h) filled (no new
+    cache folder appears); live, it builds none; both report seconds per step, and the table prints them."""
+    import dataclasses
+
+    monkeypatch.setitem(reproduce.SCALES, "tiny", dataclasses.replace(reproduce.SCALES["tiny"], probe_cache=True))
+    out = tmp_path / "out"
+    caches_before_probe = []
+    real_probe = reproduce.cache_probe
+
+    def probe(plan, runs, steps=reproduce.CACHE_PROBE_STEPS):
+        caches_before_probe.extend(sorted((out / "teacher_outputs").glob("*/cache.json")))
+        return real_probe(plan, runs, steps=4)
+
+    monkeypatch.setattr(reproduce, "cache_probe", probe)
+    assert reproduce.main(["--scale", "tiny", "--teacher", str(tiny_bert_dir), "--tasks", "sst2", "--arms", "h",
+                           "--output-dir", str(out), "--glue-dir", str(glue_dir), "--corpus", str(corpus_file)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    found = results["cache_probe"]
+    assert found["arm"] == "h" and found["task"] == "sst2" and set(found["stages"]) == {"tad", "tsd"}
+    for stage in found["stages"].values():
+        assert stage["on"]["per_step"] > 0 and stage["off"]["per_step"] > 0 and stage["steps_per_epoch"] >= 1
+    assert caches_before_probe and sorted((out / "teacher_outputs").glob("*/cache.json")) == caches_before_probe
+    for mode, steps in (("on", 4), ("off", 4)):
+        report = json.loads((out / "probes" / "sst2" / f"cache-{mode}" / "report.json").read_text())
+        assert [st["steps"] for st in report["stages"]] == [steps, steps]
+    assert "s/step cached" in (out / "results.md").read_text()

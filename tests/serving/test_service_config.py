@@ -192,7 +192,7 @@ def test_blank_is_one_definition_for_the_schema_and_the_check():
     assert service.ClassifyRequest.model_validate_json(json.dumps({"texts": ["00\x89", "\x1dx"]})).texts
 
 
-async def _call(app, path: str) -> tuple[int, dict, bytes]:
+async def _call(app, path: str, **scope) -> tuple[int, dict, bytes]:
     sent = []
 
     async def receive():
@@ -201,7 +201,7 @@ async def _call(app, path: str) -> tuple[int, dict, bytes]:
     async def send(message):
         sent.append(message)
 
-    await app({"type": "http", "path": path, "method": "POST", "headers": []}, receive, send)
+    await app({"type": "http", "path": path, "method": "POST", "headers": [], **scope}, receive, send)
     return sent[0]["status"], dict(sent[0].get("headers", [])), b"".join(m.get("body", b"") for m in sent[1:])
 
 
@@ -234,5 +234,37 @@ def test_the_queue_bound_refuses_the_excess_at_once_with_retry_after():
         assert [(await t)[0] for t in held] == [200, 200, 200]
         assert (await asyncio.wait_for(_call(bounded, "/classify"), 1))[0] == 200
         assert bounded.in_flight == 0
+
+    asyncio.run(scenario())
+
+
+def test_the_latency_budget_refuses_by_the_measured_wait_not_the_count():
+    """With a budget, the bound follows the worker's measured seconds per held request: requests answered in
+    ~20 ms each, one at a time, make the estimate ~20 ms, so with a 50 ms budget a third held request would wait
+    ~60 ms and is refused (the count cap of 100 is far away); a lone request is always admitted."""
+    import asyncio
+
+    from bentos.admission import AdmissionMiddleware
+
+    async def scenario():
+        release = asyncio.Event()
+
+        async def app(scope, receive, send):
+            await (release.wait() if scope.get("hold") else asyncio.sleep(0.02))
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"[]"})
+
+        bounded = AdmissionMiddleware(app, paths={"/classify"}, limit=100, retry_after_s=1, budget_s=0.05)
+        for _ in range(5):  # answered one at a time: each sample is its own ~20 ms
+            assert (await _call(bounded, "/classify"))[0] == 200
+        assert 0.015 < bounded.per_request_s < 0.2
+        held = [asyncio.create_task(_call(bounded, "/classify", hold=True)) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        status, headers, body = await asyncio.wait_for(_call(bounded, "/classify"), 1)
+        assert status == 503 and "COMPRESSOR_QUEUE_BUDGET_MS" in json.loads(body)["error"]
+        release.set()
+        assert [(await t)[0] for t in held] == [200, 200]
+        assert bounded.in_flight == 0
+        assert (await _call(bounded, "/classify"))[0] == 200  # alone again: admitted whatever the estimate
 
     asyncio.run(scenario())
