@@ -87,11 +87,17 @@ class Arm:
     key: str
     label: str
     from_run: str | None = None
-    """No training of its own: the row is the pruned start (``report["pruned"]``) of that arm's run."""
+    """No training of its own: the row is the pruned start (``report["pruned"]``) of that arm's run, or of any
+    other pruned arm the plan trains (every pruned arm of a task starts from the same cut)."""
 
     @property
     def overlay(self) -> Path:
         return CONFIGS / "arms" / f"{self.key}.yaml"
+
+    @property
+    def pruned(self) -> bool:
+        """Starts from the cut (its overlay says ``student.init: pruned``)."""
+        return not self.from_run and (read_yaml(self.overlay).get("student") or {}).get("init") == "pruned"
 
     @property
     def after_gd(self) -> bool:
@@ -105,7 +111,8 @@ ARMS: dict[str, Arm] = {v.key: v for v in (
     Arm("c", "(c) GD + TSD (TinyBERT-style)"),
     Arm("d", "(d) GD + GED + TSD"),
     Arm("e", "(e) GD + GED + TAD + TSD (ERNIE-Tiny)"),
-    Arm("p", "(p) pruned from the fine-tuned teacher, before any training", from_run="f"),
+    Arm("p", "(p) pruned from the fine-tuned teacher, before any training (the cut every pruned row starts from)",
+        from_run="f"),
     Arm("f", "(f) pruned + GD + GED + TAD + TSD"),
     Arm("g", "(g) (f) + augmented task data (transfer set) in TAD and TSD"),
     Arm("h", "(h) pruned + GED + TAD + TSD with the transfer set, recovery rates, no GD (demo.yaml)"),
@@ -256,8 +263,18 @@ class Plan:
     def trained(self) -> list[Arm]:
         """The arms that train (a ``from_run`` row only reads its source run, trained for it if not listed)."""
         keys = [v.key for v in self.arms if not v.from_run]
-        keys += [v.from_run for v in self.arms if v.from_run and v.from_run not in keys]
+        keys += [self.source(v) for v in self.arms if v.from_run and self.source(v) not in keys]
         return [ARMS[k] for k in ARMS if k in keys]
+
+    def source(self, arm: Arm) -> str:
+        """The run a row reads: its own, or for a ``from_run`` row its named run when the plan trains it, else
+        the first pruned arm the plan trains (the same cut), else the named run (trained for it)."""
+        if not arm.from_run:
+            return arm.key
+        listed = [v for v in self.arms if not v.from_run]
+        if any(v.key == arm.from_run for v in listed):
+            return arm.from_run
+        return next((v.key for v in listed if v.pruned), arm.from_run)
 
     @property
     def teacher_name(self) -> str:
@@ -423,7 +440,7 @@ def build_results(plan: Plan, teachers: dict[str, dict], runs: dict[str, dict], 
              "train_seconds": round(sum(t["finetune_seconds"] for t in teachers.values()), 1)}]
     gd_seconds = sum(s["seconds"] for s in gd["report"]["stages"]) if gd else 0.0
     for v in plan.arms:
-        reports = {task: runs[task][v.from_run or v.key]["report"] for task in plan.tasks}
+        reports = {task: runs[task][plan.source(v)]["report"] for task in plan.tasks}
         ends = {task: reports[task]["pruned"] if v.from_run else reports[task]["student"] for task in plan.tasks}
         scores = {task: ends[task]["dev"].get(metrics[task]) for task in plan.tasks}
         avg = _mean(list(scores.values()))
