@@ -329,6 +329,7 @@ def run_plan(plan: Plan) -> dict[str, Any]:
     results = build_results(plan, teachers, runs, gd, speed, time.perf_counter() - started)
     if plan.scale.probe_cache and plan.probe_cache:
         results["cache_probe"] = cache_probe(plan, runs)
+        results["wall_seconds"] = round(time.perf_counter() - started, 1)
     return results
 
 
