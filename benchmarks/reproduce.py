@@ -95,14 +95,19 @@ class Arm:
         return CONFIGS / "arms" / f"{self.key}.yaml"
 
     @property
+    def init(self) -> str | None:
+        """The student start its overlay names (``student.init``); None for a row with no run of its own."""
+        return None if self.from_run else (read_yaml(self.overlay).get("student") or {}).get("init")
+
+    @property
     def pruned(self) -> bool:
         """Starts from the cut (its overlay says ``student.init: pruned``)."""
-        return not self.from_run and (read_yaml(self.overlay).get("student") or {}).get("init") == "pruned"
+        return self.init == "pruned"
 
     @property
     def after_gd(self) -> bool:
         """Starts from the shared General Distillation student (its overlay says ``student.init: checkpoint``)."""
-        return not self.from_run and (read_yaml(self.overlay).get("student") or {}).get("init") == "checkpoint"
+        return self.init == "checkpoint"
 
 
 ARMS: dict[str, Arm] = {v.key: v for v in (
@@ -389,11 +394,10 @@ def cache_probe(plan: Plan, runs: dict[str, dict], steps: int = CACHE_PROBE_STEP
     run_dir = plan.out / "runs" / task / arm.key
     recipe = read_yaml(run_dir / "recipe.yaml")
     report = runs[task][arm.key]["report"]
-    names = {st["name"] for st in report["stages"]}
-    task_stages = [st for st in recipe["stages"] if st.get("data", "task") == "task" and st["name"] in names]
-    first = recipe["stages"].index(task_stages[0]) if task_stages else 0
+    task_stages = [st for st in recipe["stages"] if st.get("data", "task") == "task"]
     if not task_stages or not recipe.get("teacher_cache", {}).get("enabled", True):
         return {}
+    first = recipe["stages"].index(task_stages[0])  # the probe starts from the stage before it, or the cut
     start = run_dir / recipe["stages"][first - 1]["name"] if first else run_dir / "pruned"
     rows = {st["name"]: st for st in report["stages"]}
     out: dict[str, Any] = {"task": task, "arm": arm.key, "steps": steps, "stages": {}}
