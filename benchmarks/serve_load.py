@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # this checkout's packages (the load generator runs this file as a script)
     sys.path.insert(0, str(REPO))
 
-from bentos.local import ServerError, batch_histogram, bento_server, descendants  # noqa: E402
+from bentos.local import ServerError, batch_histogram, bento_server, descendants, pinned  # noqa: E402
 from ernie_common.io import write_json_atomic  # noqa: E402
 from ernie_common.tables import TableError, read_examples  # noqa: E402
 
@@ -141,14 +141,32 @@ def client_main(job_path: str) -> int:
     return 0
 
 
+GENERATOR_CPUS: set[int] | None = None
+"""The cores the load generator is pinned to (``--generator-cores``); None: it shares every core with the server."""
+
+
+def split_cores(generator_cores: int) -> tuple[set[int] | None, set[int] | None]:
+    """(the server's cores, the generator's): the last ``generator_cores`` usable cores for the generator, the
+    rest for the server; (None, None) for 0, both unpinned."""
+    if not generator_cores:
+        return None, None
+    cores = sorted(os.sched_getaffinity(0))
+    if generator_cores >= len(cores):
+        raise LoadError(f"--generator-cores {generator_cores} leaves none of the {len(cores)} usable cores to the "
+                        "server: give the generator fewer")
+    return set(cores[:-generator_cores]), set(cores[-generator_cores:])
+
+
 def _generate(url: str, payloads: Sequence[dict], limit_s: float, **job) -> dict:
-    """Run one job in the load generator's own process (this file, ``--client-job``); its outcomes."""
+    """Run one job in the load generator's own process (this file, ``--client-job``, on ``GENERATOR_CPUS``);
+    its outcomes."""
     with tempfile.TemporaryDirectory(prefix="serve_load_job_") as folder:
         path, out = Path(folder) / "job.json", Path(folder) / "out.json"
         path.write_text(json.dumps({"url": url, "payloads": list(payloads), "out": str(out), **job}))
         try:
             done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--client-job", str(path)],
-                                  capture_output=True, text=True, timeout=limit_s + 60)
+                                  capture_output=True, text=True, timeout=limit_s + 60,
+                                  preexec_fn=pinned(GENERATOR_CPUS))
         except subprocess.TimeoutExpired:
             raise LoadError(f"the load generator ran past {limit_s + 60:.0f} s: is the machine overloaded? "
                             "(see uptime)") from None
@@ -445,6 +463,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--server-env", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra environment for the servers started here, e.g. COMPRESSOR_WORKERS=1")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--generator-cores", type=int, default=0, metavar="N",
+                        help="pin the load generator to the last N cores and the servers started here to the rest "
+                             "(default 0: they share every core, and the generator's work slows the server)")
     traffic = parser.add_argument_group("open loop and soak (one batched server)")
     traffic.add_argument("--open-loop", nargs="+", type=float, metavar="LOAD",
                          help="open-loop runs at these multiples of the measured capacity (e.g. 0.8 2): the capacity "
@@ -476,7 +497,8 @@ def traffic_main(args: argparse.Namespace, sentences: Sequence[str]) -> dict:
         if args.url:
             url, pid = check_loopback(args.url), args.server_pid
         else:
-            server = stack.enter_context(bento_server(args.model_dir, {**MODES["batched"], **args.server_env}))
+            server = stack.enter_context(bento_server(args.model_dir, {**MODES["batched"], **args.server_env},
+                                                      cpus=args.server_cpus))
             url, pid = server.url, server.pid
         if args.open_loop:
             capacity, unloaded = capacity_and_unloaded(url, sentences)
@@ -497,7 +519,15 @@ def traffic_main(args: argparse.Namespace, sentences: Sequence[str]) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None and sys.argv[1:2] == ["--client-job"]:
         return client_main(sys.argv[2])
+    global GENERATOR_CPUS
     args = parse_args(argv)
+    try:
+        args.server_cpus, GENERATOR_CPUS = split_cores(args.generator_cores)
+    except LoadError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if GENERATOR_CPUS:
+        print(f"cores: server {sorted(args.server_cpus)}, load generator {sorted(GENERATOR_CPUS)}")
     if args.open_loop or args.soak:
         try:
             found = traffic_main(args, read_sentences(args.data))
@@ -519,8 +549,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if args.starts > 1:
                         print(f"start {start + 1} of {args.starts}")
                     order = args.modes if start % 2 == 0 else args.modes[::-1]
-                    urls = {mode: stack.enter_context(bento_server(args.model_dir, {**MODES[mode],
-                                                                                    **args.server_env})).url
+                    urls = {mode: stack.enter_context(bento_server(args.model_dir, {**MODES[mode], **args.server_env},
+                                                                   cpus=args.server_cpus)).url
                             for mode in order}
                 if args.model_dir:
                     reference.append(classifier_reference(args.model_dir, sentences))

@@ -3,9 +3,11 @@ for a batch or in the model); one more is refused at once with a 503, ``Retry-Af
 body, so what is accepted keeps its latency under overload instead of everyone waiting seconds. It also times
 every bounded request (``compressor_request_seconds``).
 
-BentoML's own ``traffic.max_concurrency`` bounds requests the same way but answers 429 "Too many requests" from
-a middleware outside this service's, for every route but the health ones, so it is not used: this is the
-smallest addition that answers as the contract says.
+BentoML's own ``traffic.max_concurrency`` bounds requests the same way but answers 429 "Too many requests", for
+every route but the health ones, so it is not used: this is the smallest addition that answers as the contract
+says. It wraps the worker's whole ASGI app (``bentos.service.AdmittedService``), outside BentoML's metrics,
+tracing and access-log middleware: a refusal costs uvicorn's parsing and this one response, and the count
+includes requests still on their way through BentoML's stack.
 
 While the worker drains before a shutdown (:data:`DRAINING`, set on SIGTERM), every response it sends says
 ``Connection: close``: clients open a new connection for their next request instead of reusing one the server

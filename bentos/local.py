@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 
@@ -105,11 +105,17 @@ class Server:
     log_path: Path
 
 
+def pinned(cpus: set[int] | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that pins a child process (and its children) to ``cpus``; None leaves it unpinned."""
+    return None if not cpus else lambda: os.sched_setaffinity(0, cpus)
+
+
 @contextlib.contextmanager
 def bento_server(model_dir: str | Path | None, env: dict[str, str] | None = None, ready_timeout_s: float = 300,
-                 log_dir: str | Path | None = None) -> Iterator[Server]:
+                 log_dir: str | Path | None = None, cpus: set[int] | None = None) -> Iterator[Server]:
     """``bentoml serve`` the service on a free 127.0.0.1 port in its own process group; stopped on exit.
-    ``model_dir=None`` serves the model store's model (``BENTOML_HOME`` is ``log_dir/bentoml_home``)."""
+    ``model_dir=None`` serves the model store's model (``BENTOML_HOME`` is ``log_dir/bentoml_home``); ``cpus``
+    pins the server to those cores (its workers and threads are sized from them)."""
     port = free_port()
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="bento_server_"))
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +128,7 @@ def bento_server(model_dir: str | Path | None, env: dict[str, str] | None = None
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=child_env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=pinned(cpus))
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc, ready_timeout_s, log_path)

@@ -87,6 +87,12 @@ def test_the_excess_is_refused_at_once_with_retry_after_and_counted(bounded_serv
         counted(before, "compressor_refusals_total", reason="overload") == len(refused)
     assert counted(after, "compressor_request_seconds_count", status="200") - \
         counted(before, "compressor_request_seconds_count", status="200") == statuses.count(200)
+    # refused outside BentoML's own middleware (metrics, tracing, access log): its request counter saw the
+    # answered requests and none of the refused ones
+    for status, expected in (("200", statuses.count(200)), ("503", 0)):
+        assert counted(after, "bentoml_service_request_total", endpoint="/classify", http_response_code=status) - \
+            counted(before, "bentoml_service_request_total", endpoint="/classify", http_response_code=status) \
+            == expected, status
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
