@@ -6,7 +6,8 @@ Every run is a recipe composed from ``compressor/configs/`` (the same compositio
 --config A --config B ...`` does): the task's paper recipe ``<task>.yaml``, the scale's overlay
 ``scales/<scale>.yaml`` (data, student, schedules) and its task slice ``scales/<scale>/<task>.yaml`` where there
 is one, the teacher and data paths and any ``--dotted.key value`` of the command line, then the arm's
-overlay ``arms/<key>.yaml``:
+overlay ``arms/<key>.yaml`` and the scale's own settings for that arm ``scales/<scale>/arms/<key>.yaml`` where
+there are some:
 
     (a) fine-tuned directly: one stage on task data with the hard-label loss only
     (b) TSD only                       (c) GD + TSD (TinyBERT's two stages)
@@ -163,6 +164,12 @@ class Scale:
     probe_cache: bool = False
     """Also measure the teacher-output cache's effect (:func:`cache_probe`)."""
 
+    def arm_layers(self, arm: Arm) -> list[Path]:
+        """This scale's own settings for an arm (``scales/<scale>/arms/<key>.yaml``, laid over the arm's overlay),
+        where the levers measured at this scale moved a row's schedule; none elsewhere."""
+        tuned = CONFIGS / "scales" / self.name / "arms" / f"{arm.key}.yaml"
+        return [tuned] if tuned.is_file() else []
+
     def layers(self, task: str) -> list[Path]:
         """The task's paper recipe, this scale's overlay and its task slice (when there is one)."""
         recipe = CONFIGS / f"{task}.yaml"
@@ -198,7 +205,7 @@ def compose_recipe(scale: Scale, task: str, arm: Arm | None, settings: dict[str,
     if finetuned is not None:
         layers.append({"teacher.finetuned": finetuned})
     if arm is not None:
-        layers.append(arm.overlay)
+        layers += [arm.overlay, *scale.arm_layers(arm)]
     data = compose(*layers)
     if arm is not None and arm.after_gd:
         data["student"] = ({**data["student"], "checkpoint": gd_student} if gd_student is not None

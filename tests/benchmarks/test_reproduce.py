@@ -247,6 +247,12 @@ def test_the_base_scale_composes_a_valid_recipe_for_each_of_its_rows(reproduce, 
             assert (student.num_hidden_layers, student.hidden_size, student.intermediate_size,
                     student.num_attention_heads) == (4, 312, 1200, 12), (task, key)
             assert recipe.teacher_cache.enabled and recipe.teacher.finetune.group_by_length
+            if key in ("h", "r"):  # the scale's own schedule for these rows (scales/base/arms/) wins over the arm's
+                tsd = next(stage for stage in recipe.stages if stage.name == "tsd")
+                assert (tsd.learning_rate, tsd.epochs) == (2e-4, 3), (task, key)
+    demo_h = reproduce.compose_recipe(reproduce.SCALES["demo"], "sst2", reproduce.ARMS["h"], plan.settings,
+                                      str(tiny_bert_dir))
+    assert next(s for s in demo_h["stages"] if s["name"] == "tsd")["learning_rate"] == 1e-4  # other scales: the arm's
 
 
 def test_the_base_teacher_offline_and_absent_is_one_line(reproduce, capsys, tmp_path, monkeypatch):
