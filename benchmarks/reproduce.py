@@ -121,7 +121,7 @@ ARMS: dict[str, Arm] = {v.key: v for v in (
         from_run="f"),
     Arm("f", "(f) pruned + GD + GED + TAD + TSD"),
     Arm("g", "(g) (f) + augmented task data (transfer set) in TAD and TSD"),
-    Arm("h", "(h) pruned + GED + TAD + TSD with the transfer set, recovery rates, no GD (demo.yaml)"),
+    Arm("h", "(h) pruned + GED + TAD + TSD with the transfer set, recovery rates, no GD (the demo recipe's shape)"),
     Arm("r", "(r) (h)'s stages from a random start"),
 )}
 GD = Arm("gd", "General Distillation, shared by (c)-(e)")
@@ -517,7 +517,9 @@ def render_markdown(results: dict[str, Any]) -> str:
                      f"{speed['teacher']['throughput']:.1f} seq/s, student {speed['student']['throughput']:.1f} seq/s.")
     else:
         lines.append(f"Speed-up not measured: {speed.get('error')}.")
-    lines += ["", "Per stage (each run's own stages; GD is shared by (c)-(e), GED by (d) and (e)):", "",
+    trained = {key for by_arm in results["runs"].values() for key in by_arm}
+    shared_by = "; GD is shared by (c)-(e), GED by (d) and (e)" if trained & {"c", "d", "e"} else ""
+    lines += ["", f"Per stage (each run's own stages{shared_by}; seconds include a stage's evaluation):", "",
               "| task | model | stage | steps | dev | seconds |", "|---|---|---|---:|---:|---:|"]
     if results["gd"]:
         gd = results["gd"]["stage"]
