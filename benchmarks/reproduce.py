@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import json
 import logging
 import math
 import shutil
@@ -413,8 +415,11 @@ def cache_probe(plan: Plan, runs: dict[str, dict], steps: int = CACHE_PROBE_STEP
         probe["student"] = {**probe["student"], "init": "checkpoint", "checkpoint": str(start)}
         probe["stages"] = [{**st, "max_steps": steps} for st in task_stages]
         probe["save_steps"] = 10 * steps
+        # one folder per probed recipe: a changed recipe (a new schedule for the arm) probes anew instead of
+        # finding the old probe's stages finished under other inputs
+        key = hashlib.sha256(json.dumps(probe, sort_keys=True, default=str).encode()).hexdigest()[:12]
         probe["teacher_cache"] = {**probe.get("teacher_cache", {}), "enabled": cached}
-        folder = plan.out / "probes" / task / f"cache-{'on' if cached else 'off'}"
+        folder = plan.out / "probes" / task / f"{arm.key}-{key}" / f"cache-{'on' if cached else 'off'}"
         result = distill_run(recipe_from_dict(probe), folder)
         for st in result["stages"]:
             # one pass over the stage's rows (task rows and any transfer set), in batches of its batch size

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -282,15 +283,22 @@ def test_the_cache_probe_times_the_task_stages_reading_the_arms_cache_and_runnin
         return real_probe(plan, runs, steps=4)
 
     monkeypatch.setattr(reproduce, "cache_probe", probe)
-    assert reproduce.main(["--scale", "tiny", "--teacher", str(tiny_bert_dir), "--tasks", "sst2", "--arms", "h",
-                           "--output-dir", str(out), "--glue-dir", str(glue_dir), "--corpus", str(corpus_file)]) == 0
+    argv = ["--scale", "tiny", "--teacher", str(tiny_bert_dir), "--tasks", "sst2", "--arms", "h",
+            "--output-dir", str(out), "--glue-dir", str(glue_dir), "--corpus", str(corpus_file)]
+    assert reproduce.main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     found = results["cache_probe"]
     assert found["arm"] == "h" and found["task"] == "sst2" and set(found["stages"]) == {"tad", "tsd"}
     for stage in found["stages"].values():
         assert stage["on"]["per_step"] > 0 and stage["off"]["per_step"] > 0 and stage["steps_per_epoch"] >= 1
     assert caches_before_probe and sorted((out / "teacher_outputs").glob("*/cache.json")) == caches_before_probe
+    [probed] = (out / "probes" / "sst2").glob("h-*")
     for mode, steps in (("on", 4), ("off", 4)):
-        report = json.loads((out / "probes" / "sst2" / f"cache-{mode}" / "report.json").read_text())
+        report = json.loads((probed / f"cache-{mode}" / "report.json").read_text())
         assert [st["steps"] for st in report["stages"]] == [steps, steps]
     assert "s/step cached" in (out / "results.md").read_text()
+    # another TSD setting, the arm's old TSD deleted as distill's message says: the arm retrains its TSD, and the
+    # probe measures the new recipe in a folder of its own instead of refusing the old probe's finished stages
+    shutil.rmtree(out / "runs" / "sst2" / "h" / "tsd")
+    assert reproduce.main([*argv, "--stages.tsd.temperature", "2.0"]) == 0
+    assert len(list((out / "probes" / "sst2").glob("h-*"))) == 2
