@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
-import json
 import logging
 import math
 import shutil
@@ -52,6 +50,7 @@ from compressor.distill import run as distill_run
 from compressor.recipe.schema import compose, parse_overrides, read_yaml, recipe_from_dict
 from compressor.recipe.tasks import GLUE_TASKS
 from compressor.run.finetune import finetune_teacher
+from compressor.run.fingerprint import fingerprint
 from compressor.run.runstate import plan_run
 from ernie_common.env import library_versions, machine, usable_cpus
 from ernie_common.errors import UserError, cli
@@ -417,7 +416,7 @@ def cache_probe(plan: Plan, runs: dict[str, dict], steps: int = CACHE_PROBE_STEP
         probe["save_steps"] = 10 * steps
         # one folder per probed recipe: a changed recipe (a new schedule for the arm) probes anew instead of
         # finding the old probe's stages finished under other inputs
-        key = hashlib.sha256(json.dumps(probe, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        key = fingerprint(probe)
         probe["teacher_cache"] = {**probe.get("teacher_cache", {}), "enabled": cached}
         folder = plan.out / "probes" / task / f"{arm.key}-{key}" / f"cache-{'on' if cached else 'off'}"
         result = distill_run(recipe_from_dict(probe), folder)

@@ -15,9 +15,9 @@ is about to close, which would lose a request sent at that moment.
 
 Optionally a latency budget (``COMPRESSOR_QUEUE_BUDGET_MS``, see ``bentos/settings.py`` for when) refuses earlier
 than the count: a request is refused when the requests already held would keep it waiting longer than the
-budget. The wait is estimated from what this worker measures, not configured: every answered request reports its time in the worker divided
-by the number held when it came in (itself included), a moving average of which is the worker's seconds per
-held request at its current speed (batching makes it smaller under load, a slower machine larger). So the
+budget. The wait is estimated from what this worker measures, not configured: every answered request reports
+its time in the worker divided by the number held when it came in (itself included), a moving average of which
+is the worker's seconds per held request at its current speed (batching makes it smaller under load, a slower machine larger). So the
 bound follows the worker's measured capacity: ``budget / seconds per request`` requests, at least one."""
 from __future__ import annotations
 
