@@ -114,7 +114,7 @@ def build_bento(tag: str, timeout_s: float = 900) -> tuple[str | None, str]:
     return None, f"Bento not built ({reason}); {tag} is stored: build it with {later}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", help="an HF classification directory or a runtime.export directory")
     parser.add_argument("--name", default=DEFAULT_NAME, help=f"model name in the store (default {DEFAULT_NAME})")
@@ -125,13 +125,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _bentoml_errors() -> tuple[type[BaseException], ...]:
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command, BentoML's own errors reported as one line too. BentoML is imported here and in the functions
+    above, never when this module is imported: the training side (``compressor.deploy.deliver``) imports it on
+    machines without BentoML (a GPU training image)."""
     from bentoml.exceptions import BentoMLException
 
-    return (BentoMLException,)
-
-
-main = cli(main, errors=_bentoml_errors())
+    return cli(_main, errors=(BentoMLException,))(argv)
 
 
 if __name__ == "__main__":

@@ -99,3 +99,16 @@ def test_compressor_is_in_subpackages_and_runtime_top_holds_no_benchmark_module(
     assert {"recipe", "data", "modeling", "run", "deploy"} <= subpackages
     assert not [p.name for p in (REPO / "runtime").glob("*.py") if "bench" in p.stem]
     assert (REPO / "runtime" / "bench" / "__main__.py").is_file()  # `python -m runtime.bench` as before
+
+
+def test_the_training_side_imports_without_bentoml():
+    """A GPU training image has torch and the training stack but no BentoML: the distillation and demo entry
+    points (and compressor.deploy, which hands the student to the model store) import there; BentoML is
+    imported only when a model is stored."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['bentoml'] = None\n"  # `import bentoml` now raises ImportError
+            "import compressor.distill, compressor.demo, compressor.deploy.deliver")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
