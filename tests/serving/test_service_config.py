@@ -238,33 +238,72 @@ def test_the_queue_bound_refuses_the_excess_at_once_with_retry_after():
     asyncio.run(scenario())
 
 
-def test_the_latency_budget_refuses_by_the_measured_wait_not_the_count():
-    """With a budget, the bound follows the worker's measured seconds per held request: requests answered in
-    ~20 ms each, one at a time, make the estimate ~20 ms, so with a 50 ms budget a third held request would wait
-    ~60 ms and is refused (the count cap of 100 is far away); a lone request is always admitted."""
+def test_the_latency_budget_holds_a_standing_queue_and_spares_a_transient_one():
+    """Requests answered in ~30 ms each, one at a time, make the estimate ~30 ms per held request. A queue that
+    builds below the count bound is transient: with 3 held (limit 4) a 4th is admitted though it would wait
+    ~120 ms, over the 50 ms budget. One more is refused at the count bound, and from then, requests arriving
+    faster than they are answered, the worker is overloaded: with 2 held, below the count, a 3rd (~90 ms) is
+    refused by the budget. Once the worker has held nothing for a while the overload is over: admitted again."""
     import asyncio
 
     from bentos.admission import AdmissionMiddleware
 
     async def scenario():
-        release = asyncio.Event()
-
         async def app(scope, receive, send):
-            await (release.wait() if scope.get("hold") else asyncio.sleep(0.02))
+            await (scope["hold"].wait() if "hold" in scope else asyncio.sleep(0.03))
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"[]"})
 
-        bounded = AdmissionMiddleware(app, paths={"/classify"}, limit=100, retry_after_s=1, budget_s=0.05)
-        for _ in range(5):  # answered one at a time: each sample is its own ~20 ms
+        bounded = AdmissionMiddleware(app, paths={"/classify"}, limit=4, retry_after_s=1, budget_s=0.05)
+        for _ in range(5):  # answered one at a time: each sample is its own ~30 ms
             assert (await _call(bounded, "/classify"))[0] == 200
-        assert 0.015 < bounded.per_request_s < 0.2
-        held = [asyncio.create_task(_call(bounded, "/classify", hold=True)) for _ in range(2)]
+        assert 0.025 < bounded.per_request_s < 0.3 and 0.025 < bounded.alone_s < 0.3
+        holds = [asyncio.Event() for _ in range(4)]
+        held = [asyncio.create_task(_call(bounded, "/classify", hold=h)) for h in holds]
         await asyncio.sleep(0.01)
-        status, headers, body = await asyncio.wait_for(_call(bounded, "/classify"), 1)
+        assert bounded.in_flight == 4 and not bounded.overloaded  # all four admitted: a transient queue
+        status, _, body = await asyncio.wait_for(_call(bounded, "/classify"), 1)
+        assert status == 503 and "COMPRESSOR_MAX_IN_FLIGHT" in json.loads(body)["error"] and bounded.overloaded
+        for h in holds[:2]:
+            h.set()
+        assert [(await t)[0] for t in held[:2]] == [200, 200] and bounded.in_flight == 2
+        status, _, body = await asyncio.wait_for(_call(bounded, "/classify"), 1)
         assert status == 503 and "COMPRESSOR_QUEUE_BUDGET_MS" in json.loads(body)["error"]
-        release.set()
-        assert [(await t)[0] for t in held] == [200, 200]
-        assert bounded.in_flight == 0
-        assert (await _call(bounded, "/classify"))[0] == 200  # alone again: admitted whatever the estimate
+        for h in holds[2:]:
+            h.set()
+        assert [(await t)[0] for t in held[2:]] == [200, 200] and bounded.in_flight == 0
+        await asyncio.sleep(bounded.IDLE_S * 1.5)
+        held = [asyncio.create_task(_call(bounded, "/classify", hold=h)) for h in holds[:3]]  # set: answered at once
+        assert [(await t)[0] for t in held] == [200, 200, 200] and not bounded.overloaded
+
+    asyncio.run(scenario())
+
+    # the automatic budget: three times what a lone request takes, nothing until one is measured
+    auto = AdmissionMiddleware(None, paths={"/classify"}, limit=4, retry_after_s=1)
+    assert auto.budget() == 0.0
+    auto.observe(0.02, held=1)
+    auto.observe(0.5, held=10)  # a request that waited behind nine others says nothing of a lone one's time
+    assert auto.budget() == pytest.approx(auto.AUTO_BUDGET * 0.02)
+
+
+def test_a_request_not_answered_within_the_timeout_gets_a_504_and_frees_its_place():
+    """The service's timeout is the admission middleware's (its timer cancelled with the answer, unlike
+    BentoML's): a request the app has not answered in time gets a 504 with the contract's body and is no
+    longer held; one answered in time is untouched."""
+    import asyncio
+
+    from bentos.admission import AdmissionMiddleware
+
+    async def scenario():
+        async def app(scope, receive, send):
+            await asyncio.sleep(scope.get("takes", 0.0))
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"[]"})
+
+        bounded = AdmissionMiddleware(app, paths={"/classify"}, limit=4, retry_after_s=1, timeout_s=0.2)
+        status, headers, body = await asyncio.wait_for(_call(bounded, "/classify", takes=5.0), 2)
+        assert status == 504 and "within 0.2 s" in json.loads(body)["error"] and bounded.in_flight == 0
+        assert headers[b"content-type"] == b"application/json"
+        assert (await _call(bounded, "/classify", takes=0.01))[0] == 200 and bounded.in_flight == 0
 
     asyncio.run(scenario())
