@@ -140,7 +140,7 @@ class AdmissionMiddleware:
                 if not self.in_flight:
                     self.idle_since = now
                 if held["status"] == 200:
-                    self.observe(time.perf_counter() - start, held["on_arrival"])
+                    self.observe(now - start, held["on_arrival"])
 
         async def send_timed(message) -> None:
             if message["type"] == "http.response.start":

@@ -388,12 +388,13 @@ class AdmittedService(type(TextClassifier)):
 
         self.inject_config()
         factory = ServiceAppFactory(self, is_main=is_main)  # what Service.to_asgi does, keeping the factory
-        factory.timeout = None  # the admission middleware times requests out instead (see bentos/admission.py)
+        # the service's traffic timeout is enforced by the admission middleware instead (see bentos/admission.py)
+        timeout_s, factory.timeout = factory.timeout or 0.0, None
         for dispatcher in factory.dispatchers.values():
             dispatcher.optimizer = NoCorkOptimizer(dispatcher.max_latency)
+        budget_s = None if SETTINGS.queue_budget_ms is None else SETTINGS.queue_budget_ms / 1e3
         return AdmissionMiddleware(factory(), paths={"/classify"}, limit=SETTINGS.max_in_flight,
-                                   retry_after_s=SETTINGS.retry_after_s, timeout_s=SERVICE_TIMEOUT_S,
-                                   budget_s=None if SETTINGS.queue_budget_ms is None else SETTINGS.queue_budget_ms / 1e3)
+                                   retry_after_s=SETTINGS.retry_after_s, budget_s=budget_s, timeout_s=timeout_s)
 
 
 TextClassifier.__class__ = AdmittedService

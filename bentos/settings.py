@@ -134,7 +134,8 @@ class Settings(BaseSettings):
         return {"batching": {"enabled": self.batching, "max_batch_size": self.max_batch_size,
                              "max_latency_ms": self.max_latency_ms, "max_items_per_request": self.max_items,
                              "max_chars_per_text": self.max_chars},
-                "admission": {"max_in_flight_per_worker": self.max_in_flight, "queue_budget_ms": "auto" if self.queue_budget_ms is None else self.queue_budget_ms,
+                "admission": {"max_in_flight_per_worker": self.max_in_flight,
+                              "queue_budget_ms": "auto" if self.queue_budget_ms is None else self.queue_budget_ms,
                               "retry_after_s": self.retry_after_s},
                 "workers": self.workers, "threads_per_worker": self.threads}
 

@@ -307,3 +307,18 @@ def test_a_request_not_answered_within_the_timeout_gets_a_504_and_frees_its_plac
         assert (await _call(bounded, "/classify", takes=0.01))[0] == 200 and bounded.in_flight == 0
 
     asyncio.run(scenario())
+
+
+def test_the_served_app_enforces_the_service_timeout_itself(tiny_dir):
+    """The worker's ASGI app is the admission middleware, outermost, and it carries the service's configured
+    traffic timeout (BentoML's own timeout middleware, whose timers outlive their requests, is left out)."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import bentos.service as s; app = s.TextClassifier.to_asgi(); "
+             "print(type(app).__name__, app.timeout_s, s.TextClassifier.config['traffic']['timeout'])")
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "COMPRESSOR_MODEL_DIR": str(tiny_dir)})
+    name, timeout, configured = run.stdout.strip().splitlines()[-1].split()
+    assert name == "AdmissionMiddleware" and float(timeout) == float(configured) > 0, run.stderr[-2000:]
