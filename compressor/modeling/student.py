@@ -5,7 +5,8 @@ token) and carries the task's ``id2label``, so any stage's output is a normal HF
 
 Initialisers (``student.init``): ``random`` (the paper), ``teacher_layers`` (embeddings and a uniform
 subset of the teacher's layers; widths must match), ``checkpoint`` (a student directory, e.g. a published
-general-distilled one; its head is re-initialised when its labels differ from the task's), ``pruned`` (cut
+general-distilled one; its head is re-initialised when its labels differ from the task's, and its word embeddings
+are re-indexed by token string when it was made for another tokenizer, :mod:`compressor.modeling.vocab`), ``pruned`` (cut
 out of a teacher by measured importance, :func:`prune_student`; the teacher's own model class, which then
 starts the first stage like a checkpoint). A pruned student records the teacher layers it kept in its config
 (``pruned_from``), so the latent losses map each student layer to the teacher layer it came from.
@@ -16,16 +17,26 @@ different scales, and a second 312x384 matrix costs nothing. When widths match t
 """
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+)
 
 from compressor.modeling import StudentError
+from compressor.modeling.vocab import needs_reindexing, reindex_embeddings
 from compressor.recipe.schema import StudentConfig
 from compressor.recipe.tasks import Task, label_maps
+
+log = logging.getLogger(__name__)
 
 PROJECTIONS_FILE = "projections.pt"
 PROJECTION_KINDS = ("hidden", "embedding")
@@ -94,11 +105,27 @@ def check_teacher_layers(cfg: StudentConfig, teacher_config) -> None:
         raise StudentError(f"student.num_hidden_layers {cfg.num_hidden_layers} exceeds the teacher's {tc.num_hidden_layers}")
 
 
-def check_checkpoint(cfg: StudentConfig, checkpoint_config, teacher_config) -> None:
-    """A checkpoint student reads the teacher's token ids: it must have the teacher's vocabulary."""
+def checkpoint_tokenizer(ref: str):
+    """The tokenizer saved with a checkpoint; None for a model directory without one (an encoder alone)."""
+    try:
+        return AutoTokenizer.from_pretrained(ref)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def check_checkpoint(cfg: StudentConfig, checkpoint_config, teacher_config, own_tokenizer=None,
+                     teacher_tokenizer=None) -> bool:
+    """A checkpoint student reads the teacher's token ids. With both tokenizers at hand, a checkpoint made for
+    another vocabulary is re-indexed to the teacher's (:mod:`compressor.modeling.vocab`); returns whether it must
+    be. Without them the vocabulary sizes must agree."""
+    name = f"student.checkpoint {cfg.checkpoint}"
+    if own_tokenizer is not None and teacher_tokenizer is not None:
+        return needs_reindexing(own_tokenizer, teacher_tokenizer, name)
     if checkpoint_config.vocab_size != teacher_config.vocab_size:
-        raise StudentError(f"student.checkpoint {cfg.checkpoint} has vocabulary {checkpoint_config.vocab_size} but the "
-                           f"teacher's is {teacher_config.vocab_size}; the student must share the teacher's tokenizer")
+        raise StudentError(f"{name} has vocabulary {checkpoint_config.vocab_size} but the teacher's is "
+                           f"{teacher_config.vocab_size}, and no tokenizer beside it to re-index it by; save the "
+                           "checkpoint's tokenizer in its folder, or start from a student with the teacher's tokenizer")
+    return False
 
 
 def _init_teacher_layers(cfg: StudentConfig, teacher, task: Task) -> BertForSequenceClassification:
@@ -114,29 +141,38 @@ def _init_teacher_layers(cfg: StudentConfig, teacher, task: Task) -> BertForSequ
     return student
 
 
-def _init_checkpoint(cfg: StudentConfig, teacher, task: Task) -> BertForSequenceClassification:
+def _init_checkpoint(cfg: StudentConfig, teacher, task: Task, tokenizer=None) -> BertForSequenceClassification:
     found = AutoConfig.from_pretrained(cfg.checkpoint)
-    check_checkpoint(cfg, found, teacher.config)
+    own = checkpoint_tokenizer(cfg.checkpoint) if tokenizer is not None else None
+    reindex = check_checkpoint(cfg, found, teacher.config, own, tokenizer)
     if labels_match(found, task) and "ForSequenceClassification" in "".join(found.architectures or []):
         # same labels: the head is kept, the task name and input kind (single/pair) become this task's
-        return AutoModelForSequenceClassification.from_pretrained(cfg.checkpoint, **label_maps(task))
-    student = AutoModelForSequenceClassification.from_pretrained(cfg.checkpoint, ignore_mismatched_sizes=True,
-                                                                 **label_maps(task))
-    student._init_weights(student.classifier)
+        student = AutoModelForSequenceClassification.from_pretrained(cfg.checkpoint, **label_maps(task))
+    else:
+        student = AutoModelForSequenceClassification.from_pretrained(cfg.checkpoint, ignore_mismatched_sizes=True,
+                                                                     **label_maps(task))
+        student._init_weights(student.classifier)
+    if reindex:
+        found = reindex_embeddings(student, own, tokenizer, f"student.checkpoint {cfg.checkpoint}")
+        log.info("student.checkpoint %s: word embeddings re-indexed to the teacher's vocabulary (%s of %s tokens "
+                 "found by string)", cfg.checkpoint, f"{found['found']:,}", f"{found['total']:,}")
     return student
 
 
 INITIALISERS = {"random": _init_random, "teacher_layers": _init_teacher_layers, "checkpoint": _init_checkpoint}
 
 
-def build_student(cfg: StudentConfig, teacher, task: Task) -> BertForSequenceClassification:
-    """A fresh student for the first stage; ``teacher`` supplies vocabulary size (and layers for ``teacher_layers``).
+def build_student(cfg: StudentConfig, teacher, task: Task, tokenizer=None) -> BertForSequenceClassification:
+    """A fresh student for the first stage; ``teacher`` supplies vocabulary size (and layers for ``teacher_layers``),
+    ``tokenizer`` (the teacher's) the vocabulary a checkpoint made for another one is re-indexed to.
 
     ``init: pruned`` students are made by :func:`prune_student` before the first stage (they need calibration
     data) and then start it as ``checkpoint`` students do.
     """
     if cfg.init not in INITIALISERS:
         raise StudentError(f"student.init must be one of {', '.join(INITIALISERS)}, got {cfg.init!r}")
+    if cfg.init == "checkpoint":
+        return _init_checkpoint(cfg, teacher, task, tokenizer)
     return INITIALISERS[cfg.init](cfg, teacher, task)
 
 

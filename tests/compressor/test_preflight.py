@@ -92,7 +92,17 @@ def test_a_pruned_student_larger_than_its_teacher_is_refused(recipe_with, tmp_pa
 def test_a_checkpoint_student_with_another_vocabulary_is_refused(recipe_with, tmp_path):
     checkpoint = _model_dir(tmp_path / "student", _bert(vocab_size=1000, **SST2_LABELS))
     recipe = recipe_with(stages=["tsd"], student={"init": "checkpoint", "checkpoint": str(checkpoint)})
-    assert "has vocabulary 1000 but the teacher's is 30522" in _refused(recipe, tmp_path)
+    assert "has vocabulary 1000 but the teacher's is 30522, and no tokenizer beside it" in _refused(recipe, tmp_path)
+
+
+def test_a_checkpoint_student_whose_tokenizer_shares_few_tokens_with_the_teachers_is_refused(recipe_with, tmp_path):
+    """A checkpoint made for another tokenizer is re-indexed by token string, unless the two split text otherwise."""
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"zz{i}" for i in range(400))]) + "\n")
+    checkpoint = _model_dir(tmp_path / "student", _bert(vocab_size=405, **SST2_LABELS),
+                            BertTokenizerFast(vocab_file=str(vocab)))
+    recipe = recipe_with(stages=["tsd"], student={"init": "checkpoint", "checkpoint": str(checkpoint)})
+    assert "knows only 5 of the teacher's 30,522 tokens by string" in _refused(recipe, tmp_path)
 
 
 def test_attention_heads_are_checked_against_each_stages_own_teacher(recipe_with, tmp_path, tiny_bert_dir):

@@ -83,3 +83,52 @@ def test_projections_shapes_identity_and_continuation(tmp_path, teacher):
     again = projections_for(student, teacher, tmp_path)
     assert torch.equal(again["embedding"].weight, first["embedding"].weight)
     assert again["hidden"].weight.shape == (32, 24)
+
+
+@pytest.fixture(scope="module")
+def mpnet_style_tokenizer(tmp_path_factory, minilm_dir):
+    """all-mpnet-base-v2's tokenizer layout built from MiniLM's WordPiece vocabulary: its four special tokens first,
+    the same pieces shifted by four, ``<mask>`` last (30,527 tokens, as in the base teacher)."""
+    from transformers import MPNetTokenizerFast
+
+    pieces = (minilm_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    vocab = tmp_path_factory.mktemp("mpnet_vocab") / "vocab.txt"
+    vocab.write_text("\n".join(["<s>", "<pad>", "</s>", "<unk>", *pieces, "<mask>"]) + "\n", encoding="utf-8")
+    return MPNetTokenizerFast(vocab_file=str(vocab))
+
+
+def test_a_checkpoint_made_for_another_tokenizer_is_reindexed_to_the_teachers(minilm_dir, mpnet_style_tokenizer):
+    """The real all-MiniLM-L6-v2 started against a teacher of MPNet's vocabulary: every token keeps its embedding by
+    string (special tokens by role), so the encoder reads the teacher's ids of a sentence exactly as it read its own."""
+    from transformers import AutoModel, AutoTokenizer, BertConfig
+
+    own_tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    teacher = BertForSequenceClassification(BertConfig(vocab_size=len(mpnet_style_tokenizer), hidden_size=32,
+                                                       num_hidden_layers=2, num_attention_heads=4, intermediate_size=64))
+    student = build_student(StudentConfig(init="checkpoint", checkpoint=str(minilm_dir)), teacher, GLUE_TASKS["mrpc"],
+                            mpnet_style_tokenizer).eval()
+    assert student.config.vocab_size == len(mpnet_style_tokenizer) == 30527
+    assert student.config.pad_token_id == mpnet_style_tokenizer.pad_token_id == 1
+    original = AutoModel.from_pretrained(minilm_dir).eval()
+    # one sentence: MPNet's pairs have two separators where BERT's have one
+    text = "The company's shares rose 4% on Tuesday, a day after its quarterly report."
+    theirs, ours = mpnet_style_tokenizer(text, return_tensors="pt"), own_tokenizer(text, return_tensors="pt")
+    assert not torch.equal(theirs["input_ids"], ours["input_ids"])  # other ids for the same pieces
+    with torch.no_grad():
+        got = student.bert(input_ids=theirs["input_ids"], attention_mask=theirs["attention_mask"]).last_hidden_state
+        want = original(input_ids=ours["input_ids"], attention_mask=ours["attention_mask"]).last_hidden_state
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_checkpoint_whose_tokenizer_splits_text_otherwise_is_refused(tmp_path, minilm_dir):
+    from transformers import BertConfig, BertTokenizerFast
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"zz{i}" for i in range(400))]) + "\n")
+    other = BertTokenizerFast(vocab_file=str(vocab))
+    teacher = BertForSequenceClassification(BertConfig(vocab_size=len(other), hidden_size=32, num_hidden_layers=2,
+                                                       num_attention_heads=4, intermediate_size=64))
+    with pytest.raises(StudentError, match=r"knows only 5 of the teacher's 405 tokens by string") as err:
+        build_student(StudentConfig(init="checkpoint", checkpoint=str(minilm_dir)), teacher, GLUE_TASKS["sst2"], other)
+    assert "\n" not in str(err.value)

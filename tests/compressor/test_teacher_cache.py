@@ -156,6 +156,43 @@ def test_a_changed_teacher_or_slice_never_reads_the_old_cache(tmp_path, tiny_ber
     assert len([p for p in shared.iterdir() if (p / COMPLETE).is_file()]) == 3
 
 
+def test_a_logits_only_stage_reads_the_logits_a_wider_cache_of_the_same_teacher_and_rows_keeps(
+        tmp_path, tiny_bert_dir, tiny_recipe, write_recipe, deep_teacher_dir):
+    """A TSD on soft and hard labels alone, after a TAD + TSD run filled the latent cache of the same teacher and
+    rows: it fills no cache of its own and takes the losses it takes from its own logits-only cache; with another
+    teacher it fills its own."""
+    from compressor.distill import run
+    from compressor.recipe.schema import load_recipe
+
+    def recipe(name, cache_dir, stages=("tsd",), teacher=tiny_bert_dir):
+        data = tiny_recipe(teacher, finetuned=teacher, train_samples=24)
+        data["stages"] = [s for s in data["stages"] if s["name"] in stages]
+        for s in data["stages"]:
+            if s["name"] == "tsd" and stages == ("tsd",):  # logits only, two epochs (cached: rows seen twice)
+                s.update(losses={"soft": 1.0, "hard": 1.0}, epochs=2)
+        data["teacher_cache"] = {"cache_dir": str(cache_dir)}
+        folder = tmp_path / name
+        folder.mkdir()
+        return load_recipe(write_recipe(folder, data)), folder / "out"
+
+    def complete(folder):
+        return sorted(p.name for p in folder.iterdir() if (p / COMPLETE).is_file())
+
+    shared, own = tmp_path / "shared", tmp_path / "own"
+    run(*recipe("latent", shared, stages=("tad", "tsd")))
+    (wide,) = complete(shared)
+    assert json.loads((shared / wide / COMPLETE).read_text())["spec"]["hidden_layers"]
+    reused = run(*recipe("reused", shared))
+    assert sorted(p.name for p in shared.iterdir()) == [wide]  # no new folder, not even a started fill
+    alone = run(*recipe("alone", own))
+    (narrow,) = complete(own)
+    spec = json.loads((own / narrow / COMPLETE).read_text())["spec"]
+    assert spec["logits"] and spec["hidden_layers"] == spec["attention_layers"] == []
+    assert reused["stages"][0]["train_loss"] == pytest.approx(alone["stages"][0]["train_loss"], rel=1e-3)
+    run(*recipe("other", shared, teacher=deep_teacher_dir))
+    assert len(complete(shared)) == 2
+
+
 @pytest.fixture(scope="module")
 def deep_teacher_dir(tmp_path_factory, tiny_bert_dir):
     """Another teacher with the tiny one's tokenizer and labels (a 3-layer tiny BERT)."""
