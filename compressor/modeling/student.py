@@ -153,9 +153,9 @@ def _init_checkpoint(cfg: StudentConfig, teacher, task: Task, tokenizer=None) ->
                                                                      **label_maps(task))
         student._init_weights(student.classifier)
     if reindex:
-        found = reindex_embeddings(student, own, tokenizer, f"student.checkpoint {cfg.checkpoint}")
+        counts = reindex_embeddings(student, own, tokenizer, f"student.checkpoint {cfg.checkpoint}")
         log.info("student.checkpoint %s: word embeddings re-indexed to the teacher's vocabulary (%s of %s tokens "
-                 "found by string)", cfg.checkpoint, f"{found['found']:,}", f"{found['total']:,}")
+                 "found by string)", cfg.checkpoint, f"{counts['found']:,}", f"{counts['total']:,}")
     return student
 
 
