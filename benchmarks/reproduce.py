@@ -30,7 +30,9 @@ The table (``results.json`` and ``results.md`` in ``--output-dir``) gives each t
 average, retention against the teacher, parameter counts and the student/teacher throughput ratio from
 ``runtime.bench`` (ONNX Runtime FP32 on the CPU, batch 8, sequence 128). Scales: ``tiny`` (smoke test, a
 tiny teacher you pass with ``--teacher``), ``demo`` (2-core CPU, about an hour, all-MiniLM-L6-v2 teacher,
-task slices) and ``full`` (a CUDA GPU, full data, the base-size all-mpnet-base-v2 teacher).
+task slices), ``base`` (2-core CPU, the 12-layer all-mpnet-base-v2 teacher through the assistant rows (ta),
+(tp), (t), (rt), every teacher's outputs cached) and ``full`` (a CUDA GPU, full data, the base-size
+all-mpnet-base-v2 teacher).
 """
 from __future__ import annotations
 
