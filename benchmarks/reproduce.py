@@ -59,7 +59,7 @@ from compressor.run.fingerprint import fingerprint
 from compressor.run.runstate import plan_run
 from ernie_common.env import library_versions, machine, usable_cpus
 from ernie_common.errors import UserError, cli
-from ernie_common.io import atomic_dir, read_json, write_json_atomic, write_text_atomic
+from ernie_common.io import atomic_dir, read_json, readable_size, write_json_atomic, write_text_atomic
 
 log = logging.getLogger("reproduce")
 
@@ -461,9 +461,17 @@ def cache_probe(plan: Plan, runs: dict[str, dict], steps: int = CACHE_PROBE_STEP
             entry = out["stages"].setdefault(st["name"], {"steps_per_epoch": per_epoch})
             entry["on" if cached else "off"] = {"train_seconds": st["train_seconds"],
                                                 "per_step": st["train_seconds"] / st["steps"]}
-    out["caches"] = [{"rows": c["rows"], "gib": round(c["bytes"] / 2**30, 2), "fill_seconds": c.get("fill_seconds")}
+    out["caches"] = [{"rows": c["rows"], "bytes": c["bytes"], "fill_seconds": c.get("fill_seconds"),
+                       "layers": c.get("num_layers"), "kept": kept_outputs(c["spec"])}
                      for c in map(read_json, sorted((plan.out / "teacher_outputs").glob("*/cache.json")))]
     return out
+
+
+def kept_outputs(spec: dict[str, Any]) -> str:
+    """What a cache's ``cache.json`` spec keeps, in words: ``"logits"``, ``"logits, hidden states, attention maps"``."""
+    kept = [name for name, key in (("logits", "logits"), ("hidden states", "hidden_layers"),
+                                   ("attention maps", "attention_layers")) if spec.get(key)]
+    return ", ".join(kept)
 
 
 # --------------------------------------------------------------------------- the table
@@ -587,7 +595,8 @@ def render_cache_probe(probe: dict[str, Any]) -> list[str]:
     for name, st in probe["stages"].items():
         on, off, n = st["on"]["per_step"], st["off"]["per_step"], st["steps_per_epoch"]
         lines.append(f"| {name} | {n} | {on:.3f} | {off:.3f} | {on * n:.0f} | {off * n:.0f} | {off / on:.1f}x |")
-    fills = "; ".join(f"{c['rows']:,} rows, {c['gib']} GiB, filled in {c['fill_seconds']} s"
+    fills = "; ".join(f"{c['rows']:,} rows of a {c['layers']}-layer teacher's {c['kept']}, "
+                      f"{readable_size(c['bytes'])}, filled in {c['fill_seconds']} s"
                       for c in probe.get("caches", []) if c.get("fill_seconds") is not None)
     if fills:
         lines += ["", f"Each cache is filled once (one teacher pass over its rows) and read by every epoch and stage: {fills}."]

@@ -91,3 +91,11 @@ def _publish(work: Path, path: Path, if_exists: IfExists) -> None:
         os.replace(work, path)
     finally:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def readable_size(n_bytes: float) -> str:
+    """``n_bytes`` for a log line or a table: ``"512 B"``, ``"302.3 KiB"``, ``"6.80 GiB"``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.2f} {unit}" if unit == "GiB" else f"{n_bytes / scale:.1f} {unit}"
+    return f"{int(n_bytes)} B"

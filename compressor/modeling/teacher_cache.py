@@ -32,6 +32,7 @@ from typing import Callable, ContextManager
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from compressor.modeling.losses import Outputs
 from ernie_common.io import write_json_atomic
@@ -173,7 +174,9 @@ def fill(folder: Path, rows, spec: CacheSpec, teacher: nn.Module,
     if done < len(batches):
         log.info("teacher outputs: rank %d computes %d rows in %d batches (%d done before) into %s", rank, len(mine),
                  len(batches), done, folder)
-    for b in range(done, len(batches)):
+    bar = tqdm(range(done, len(batches)), initial=done, total=len(batches), desc="teacher outputs", unit="batch",
+               disable=rank != 0 or done == len(batches))
+    for b in bar:
         index = batches[b]
         batch = collate([{k: rows[i][k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in rows[i]}
                          for i in index])

@@ -32,7 +32,7 @@ from compressor.modeling.trainer import DistillationModule, DistillationTrainer,
 from compressor.run.context import RunContext
 from compressor.run.fingerprint import fingerprint, model_identity
 from compressor.run.runstate import CHECKPOINTS, PRUNE_MARKER, STAGE_MARKER, Result, Status
-from ernie_common.io import atomic_dir, read_json, write_json_atomic
+from ernie_common.io import atomic_dir, read_json, readable_size, write_json_atomic
 from ernie_common.params import count_params
 
 log = logging.getLogger(__name__)
@@ -165,8 +165,8 @@ def teacher_cache(ctx: RunContext, stage, spec: CacheSpec, trainer: Distillation
     teacher = trainer.teacher
     size = spec.bytes_for(lengths, int(getattr(teacher.config, "num_labels", 0)))
     if size > cfg.max_gib * 2**30:
-        log.info("stage %s: the teacher's outputs would take %.1f GiB, over teacher_cache.max_gib %g: computed on "
-                 "the fly", stage.name, size / 2**30, cfg.max_gib)
+        log.info("stage %s: the teacher's outputs would take %s, over teacher_cache.max_gib %g: computed on "
+                 "the fly", stage.name, readable_size(size), cfg.max_gib)
         return None
     digest = hashlib.sha256()
     columns = [c for c in ("input_ids", "token_type_ids") if c in rows.column_names]
@@ -183,13 +183,13 @@ def teacher_cache(ctx: RunContext, stage, spec: CacheSpec, trainer: Distillation
             log.info("stage %s: teacher outputs read from %s (the same teacher and rows, kept for more losses)",
                      stage.name, wider)
             return TeacherCache(wider, spec)
-        log.info("stage %s: no teacher outputs for these inputs (%s): computing them once, %.2f GiB", stage.name,
-                 key, size / 2**30)
+        log.info("stage %s: no teacher outputs for these inputs (%s): computing them once, %s", stage.name,
+                 key, readable_size(size))
     cache = fill_cache(folder, rows, spec, teacher,
                        lambda model, batch: teacher_forward(model, batch, spec.wants(), list(spec.attention_layers)),
                        ctx.collator, rank=ctx.state.process_index, world=ctx.state.num_processes, barrier=ctx.barrier,
                        autocast=trainer.accelerator.autocast)
-    log.info("stage %s: teacher outputs read from %s (%.2f GiB)", stage.name, folder, size / 2**30)
+    log.info("stage %s: teacher outputs read from %s (%s)", stage.name, folder, readable_size(size))
     return cache
 
 

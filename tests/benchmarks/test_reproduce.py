@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -343,7 +344,11 @@ def test_the_cache_probe_times_the_task_stages_reading_the_arms_cache_and_runnin
     for mode, steps in (("on", 4), ("off", 4)):
         report = json.loads((probed / f"cache-{mode}" / "report.json").read_text())
         assert [st["steps"] for st in report["stages"]] == [steps, steps]
-    assert "s/step cached" in (out / "results.md").read_text()
+    table = (out / "results.md").read_text()
+    assert "s/step cached" in table
+    # each fill says whose outputs it kept and its size, readable at any size (a tiny cache is not "0.0 GiB")
+    assert re.search(r"[\d,]+ rows of a \d+-layer teacher's (logits|hidden states)[a-z, ]*, [\d.]+ (B|KiB|MiB), "
+                     r"filled in [\d.]+ s", table)
     # another TSD setting, the arm's old TSD deleted as distill's message says: the arm retrains its TSD, and the
     # probe measures the new recipe in a folder of its own instead of refusing the old probe's finished stages
     shutil.rmtree(out / "runs" / "sst2" / "h" / "tsd")
