@@ -52,6 +52,7 @@ import yaml
 
 import compressor
 from compressor.distill import run as distill_run
+from compressor.modeling.teacher_cache import CacheSpec
 from compressor.recipe.schema import compose, parse_overrides, read_yaml, recipe_from_dict
 from compressor.recipe.tasks import GLUE_TASKS
 from compressor.run.finetune import finetune_teacher
@@ -462,16 +463,9 @@ def cache_probe(plan: Plan, runs: dict[str, dict], steps: int = CACHE_PROBE_STEP
             entry["on" if cached else "off"] = {"train_seconds": st["train_seconds"],
                                                 "per_step": st["train_seconds"] / st["steps"]}
     out["caches"] = [{"rows": c["rows"], "bytes": c["bytes"], "fill_seconds": c.get("fill_seconds"),
-                       "layers": c.get("num_layers"), "kept": kept_outputs(c["spec"])}
+                       "layers": c.get("num_layers"), "kept": CacheSpec.read(c).describe()}
                      for c in map(read_json, sorted((plan.out / "teacher_outputs").glob("*/cache.json")))]
     return out
-
-
-def kept_outputs(spec: dict[str, Any]) -> str:
-    """What a cache's ``cache.json`` spec keeps, in words: ``"logits"``, ``"logits, hidden states, attention maps"``."""
-    kept = [name for name, key in (("logits", "logits"), ("hidden states", "hidden_layers"),
-                                   ("attention maps", "attention_layers")) if spec.get(key)]
-    return ", ".join(kept)
 
 
 # --------------------------------------------------------------------------- the table

@@ -69,6 +69,11 @@ class CacheSpec:
         """The spec a cache's ``cache.json`` records."""
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["spec"].items()})
 
+    def describe(self) -> str:
+        """What this spec keeps, in words: ``"logits"``, ``"logits, hidden states, attention maps"``."""
+        kept = (("logits", self.logits), ("hidden states", self.hidden_layers), ("attention maps", self.attention_layers))
+        return ", ".join(name for name, present in kept if present)
+
     def covers(self, other: "CacheSpec") -> bool:
         """A cache kept for this spec holds everything ``other`` reads (TSD's logits within TAD's cache)."""
         return ((self.logits or not other.logits) and set(other.hidden_layers) <= set(self.hidden_layers)
@@ -174,9 +179,8 @@ def fill(folder: Path, rows, spec: CacheSpec, teacher: nn.Module,
     if done < len(batches):
         log.info("teacher outputs: rank %d computes %d rows in %d batches (%d done before) into %s", rank, len(mine),
                  len(batches), done, folder)
-    bar = tqdm(range(done, len(batches)), initial=done, total=len(batches), desc="teacher outputs", unit="batch",
-               disable=rank != 0 or done == len(batches))
-    for b in bar:
+    for b in tqdm(range(done, len(batches)), initial=done, total=len(batches), desc="teacher outputs", unit="batch",
+                  disable=rank != 0 or done == len(batches)):
         index = batches[b]
         batch = collate([{k: rows[i][k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in rows[i]}
                          for i in index])
