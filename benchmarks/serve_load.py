@@ -102,10 +102,15 @@ async def _client_load(url: str, bodies: list[bytes], clients: int, time_limit_s
         return outcomes, time.perf_counter() - start
 
 
+WARM_CONNECTIONS = 32
+
+
 async def _open_load(url: str, bodies: list[bytes], times: list[float], timeout_s: float) -> tuple[list, float]:
     """Open loop: body i is sent at ``times[i]`` seconds after the start whatever the answers so far (real
     traffic does not wait for the server), each on a connection of its own pool; (status, latency, lag) per
-    body, lag being how late the generator itself sent it. Status 0: no answer (a reset or a time-out)."""
+    body, lag being how late the generator itself sent it. Status 0: no answer (a reset or a time-out).
+    ``WARM_CONNECTIONS`` keep-alive connections are opened first (``/healthz``), as a running service's
+    clients or load balancer hold them: otherwise the first requests of every run also pay for connecting."""
     import aiohttp
 
     loop = asyncio.get_running_loop()
@@ -113,6 +118,11 @@ async def _open_load(url: str, bodies: list[bytes], times: list[float], timeout_
     headers = {"Content-Type": "application/json"}
     async with aiohttp.ClientSession(base_url=url, connector=aiohttp.TCPConnector(limit=0), trust_env=False,
                                      timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+        async def connect() -> None:
+            async with session.get("/healthz") as response:
+                await response.read()
+
+        await asyncio.gather(*(connect() for _ in range(WARM_CONNECTIONS)))
         t0 = loop.time() + 0.2
 
         async def one(i: int) -> None:
