@@ -46,7 +46,7 @@ def test_open_loop_sends_on_connections_opened_before_the_run(serve_load):
     """An open-loop run first opens its keep-alive connections (GET /healthz), so its timed requests do not pay
     for connecting: against a local server that records each request's client port, every /classify request
     (sent at a rate with fewer in flight than the warm connections) arrives on a connection /healthz opened,
-    each is answered 200, and the outcomes come back in order."""
+    and each is answered 200."""
     import asyncio
 
     from aiohttp import web
