@@ -338,7 +338,7 @@ class OpenResult:
     sent: int
     ok: int
     refused: int
-    """503s: refused by the queue bound."""
+    """503s: refused by admission control (at arrival, or shed from the queue under overload)."""
     unanswered: int
     """No answer at all (a reset, a time-out) or another status: what must never happen."""
     p50_ms: float

@@ -1,42 +1,56 @@
-"""A bound on the queue: each worker holds at most ``COMPRESSOR_MAX_IN_FLIGHT`` ``/classify`` requests (waiting
-for a batch or in the model); one more is refused at once with a 503, ``Retry-After`` and the contract's error
-body, so what is accepted keeps its latency under overload instead of everyone waiting seconds. It also times
-every bounded request (``compressor_request_seconds``) and answers 504 to one not answered within the service's
-timeout. That timeout is here rather than in BentoML's ``TimeoutMiddleware``, which arms a timer per request and
-never cancels it: each timer kept its request's context (futures, tracing spans) alive for the whole timeout,
-about 300,000 objects at 16 clients on 2 cores, which every full garbage collection walked (~200 ms pauses, the
-p99 of a soak). Here the timer is cancelled with the answer.
+"""Admission control for ``/classify``: what a worker accepts keeps its latency when more arrives than it can
+answer, and what it can answer is never refused.
 
-BentoML's own ``traffic.max_concurrency`` bounds requests the same way but answers 429 "Too many requests", for
-every route but the health ones, so it is not used: this is the smallest addition that answers as the contract
-says. It wraps the worker's whole ASGI app (``bentos.service.AdmittedService``), outside BentoML's metrics,
-tracing and access-log middleware: a refusal costs uvicorn's parsing and this one response, and the count
-includes requests still on their way through BentoML's stack.
+Two kinds of queue look alike for a moment and must be told apart. A worker near its capacity holds a deep
+queue and answers it in large batches (on 2 cores shared with its clients, traffic at 0.8x the capacity ran
+with tens of requests held and p99 of hundreds of ms): that is not overload, and nothing may be refused. A
+worker whose arrivals outrun its capacity holds a queue that grows without end: that is overload, and only a
+short queue keeps the latency of what is accepted near the unloaded one. The depth cannot tell them apart; the
+rate can. So the worker measures its **capacity** (requests/s: the most it answered over any second it was
+busy throughout, ``WINDOW_S``; a window counts as busy while it waited for requests a tenth of it at most) and,
+once its queue is as deep as where it reaches that capacity (``deep``: ``COMPRESSOR_MAX_IN_FLIGHT``'s automatic
+setting is derived from it), compares the rate requests arrive at with it: over the last quarter second
+(``SURGE_WINDOW_S``), or since the worker last became busy where that is shorter (a surge from idle shows in
+its first tenth of a second, ``MIN_SPAN_S``), more than ``SURGE_RATIO`` times the capacity is **overload**.
+
+While overloaded, a request that the requests already held would keep past the **latency budget**
+(``COMPRESSOR_QUEUE_BUDGET_MS``; automatic: twice the measured time of a request that had the worker to
+itself) is refused at once with a 503, ``Retry-After`` and the contract's error body, and BentoML's batching
+dispatcher answers the same 503 to a queued request that has already waited past the budget (its own
+``max_latency`` mechanism, lowered to the budget), instead of running it late: what queued before the overload
+was recognised does not make the accepted requests' tail. The overload is over as soon as requests arrive no
+faster than the capacity (over the last tenth of a second and over the last second), or the worker idles.
+
+A bound on the count (``COMPRESSOR_MAX_IN_FLIGHT``, by default 16 times that depth: about a second of work)
+refuses at once whatever would queue beyond it, and turns the budget on: the safety net for an overload too
+mild for the rate test (under ``SURGE_RATIO``), and for a worker that has not yet measured its capacity (it
+refuses nothing else until it has).
+
+The wait a request would have is estimated from what this worker measures, not configured: every answered
+request reports its time in the worker divided by the number held when it came in (itself included), a
+moving average of which is the worker's seconds per held request at its current speed.
+
+It also times every bounded request (``compressor_request_seconds``) and answers 504 to one not answered within
+the service's timeout. That timeout is here rather than in BentoML's ``TimeoutMiddleware``, which arms a timer
+per request and never cancels it: each timer kept its request's context (futures, tracing spans) alive for the
+whole timeout, about 300,000 objects at 16 clients on 2 cores, which every full garbage collection walked (~200
+ms pauses, the p99 of a soak). Here the timer is cancelled with the answer.
+
+BentoML's own ``traffic.max_concurrency`` bounds requests by count but answers 429 "Too many requests", for
+every route but the health ones, so it is not used. This middleware wraps the worker's whole ASGI app
+(``bentos.service.AdmittedService``), outside BentoML's metrics, tracing and access-log middleware: a refusal
+costs uvicorn's parsing and this one response, and the count includes requests still on their way through
+BentoML's stack.
 
 While the worker drains before a shutdown (:data:`DRAINING`, set on SIGTERM), every response it sends says
 ``Connection: close``: clients open a new connection for their next request instead of reusing one the server
-is about to close, which would lose a request sent at that moment.
-
-Under sustained overload a second, tighter bound takes over: a latency budget (``COMPRESSOR_QUEUE_BUDGET_MS``).
-The count bound has to let through what is not overload (a cluster of random arrivals, closed-loop clients)
-without refusing it, so the wait it allows, the limit times the worker's seconds per request, is several
-times the unloaded latency. A standing queue is told from a transient one by two signs together: a request
-was refused at the count bound, and over the last second (``WINDOW_S``) requests arrived faster than the
-worker answered them (``OVERLOAD_RATIO``). While both hold, a request is also refused when the requests
-already held would keep it waiting past the budget. A transient queue, or traffic the worker keeps up with,
-never meets the budget; a standing queue is held to it. This is the idea of CoDel (Nichols and Jacobson,
-2012) as servers apply it to their request queues: refuse early only while the queue stands, not while it
-passes.
-
-The wait is estimated from what this worker measures, not configured: every answered request reports its
-time in the worker divided by the number held when it came in (itself included), a moving average of which
-is the worker's seconds per held request at its current speed (batching makes it smaller under load, a
-slower machine larger). The budget's default (``auto``) is measured too: three times the moving average of
-the time a request takes when it finds the worker idle, so it follows the machine and the model."""
+is about to close, which would lose a request sent at that moment."""
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
+import math
 import threading
 import time
 from collections import deque
@@ -53,34 +67,62 @@ class AdmissionMiddleware:
 
     SMOOTHING = 0.05
     """Weight of each answered request in the moving averages of seconds per held request and alone."""
-    AUTO_BUDGET = 3.0
-    """The automatic budget, in multiples of the time a request takes when it finds the worker idle."""
+    AUTO_BUDGET = 2.0
+    """The automatic budget, in multiples of the time a request takes when it has the worker to itself."""
     WINDOW_S = 1.0
-    """Seconds over which arrivals and answers are counted to tell a standing overload from a transient queue."""
-    OVERLOAD_RATIO = 1.25
-    """Overloaded while more than this many requests arrive per request answered (over ``WINDOW_S``)."""
+    """Seconds over which answers are counted for the capacity."""
+    BUSY_IDLE = 0.1
+    """A window is busy, and its answers a sample of the capacity, if the worker held nothing for at most this
+    fraction of it."""
+    IDLE_GAP_S = 0.02
+    """Holding nothing for this long ends a busy period (clients resending after their answers leave shorter
+    gaps)."""
+    CAPACITY_MEMORY_S = 3600.0
+    """The capacity learned decays with this time constant, so a machine that became slower is followed."""
+    SURGE_WINDOW_S = 0.25
+    """Seconds over which the arrival rate is compared with the capacity, once the queue is deep."""
+    MIN_SPAN_S = 0.1
+    """The shortest span an arrival rate is measured over (from the start of a busy period)."""
+    SURGE_RATIO = 1.3
+    """Overloaded when, the queue deep, requests arrive faster than this many times the capacity."""
+    RECENT_S = 0.1
+    """The overload ends when requests arrive no faster than the capacity over this many seconds (and over
+    ``WINDOW_S``)."""
     IDLE_S = 0.1
-    """A worker that has held nothing for this long is not overloaded, whatever the last window counted."""
+    """A worker that has held nothing for this long is not overloaded."""
 
     def __init__(self, app, paths: Collection[str], limit: int, retry_after_s: int, budget_s: float | None = None,
-                 timeout_s: float = 0.0):
+                 timeout_s: float = 0.0, deep: int | None = None, queues: Collection = ()):
         self.app = app
         self.timeout_s = timeout_s  # 0: none
         self.paths = frozenset(paths)
-        self.limit = limit  # 0: no count bound
+        self.limit = limit  # 0: no admission control at all
+        self.deep = limit if deep is None else min(deep, limit or deep)
+        """Requests held at which the worker reaches its capacity: from here on, the arrival rate is compared
+        with the capacity."""
         self.budget_s = budget_s  # None: automatic; 0: no latency budget
         self.retry_after = str(retry_after_s).encode()
+        self.queues = {queue: queue.max_latency for queue in queues}
+        """BentoML's batching dispatchers, each with its own ``max_latency``: lowered to the budget while
+        overloaded, so a queued request that has waited past it is answered 503 rather than late."""
         self.in_flight = 0
         self.overloaded = False
-        """Refused at the count bound, and requests still arrive faster than they are answered: the latency
-        budget applies."""
+        """Requests arrive faster than the worker can answer them: the latency budget applies."""
+        self.arrived_total = 0
         self.arrivals: deque[float] = deque()  # when each bounded request arrived, over the last WINDOW_S
-        self.answers: deque[float] = deque()  # when each admitted request was answered, likewise
-        self.idle_since = 0.0  # when the worker last held nothing
+        self.answers: deque[float] = deque()  # when each request was answered 200, likewise
+        self.idle_since = 0.0  # when the worker last came to hold nothing
+        self.busy_since = 0.0  # when it began to hold something after holding nothing for IDLE_GAP_S
+        self.gaps: deque[tuple[float, float]] = deque()  # (end, seconds) of each spell of holding nothing, likewise
+        self.gaps_s = 0.0  # their sum
+        self.capacity: float | None = None
+        """Requests/s: the most the worker answered over a busy ``WINDOW_S``; None until it has had one."""
+        self.capacity_at = 0.0
         self.per_request_s: float | None = None
         """Moving average of (seconds in the worker / requests held on arrival): None until one is answered."""
         self.alone_s: float | None = None
-        """Moving average of the seconds of requests that found the worker idle: None until one is answered."""
+        """Moving average of the seconds of requests that had the worker to themselves (none held when they
+        arrived, none arrived before they were answered): None until one is answered."""
 
     def budget(self) -> float:
         """The latency budget in seconds now; 0 while there is none (off, or automatic and nothing measured)."""
@@ -93,15 +135,55 @@ class AdmissionMiddleware:
             events.popleft()
         return len(events)
 
+    def _since(self, now: float, seconds: float) -> int:
+        return len(self.arrivals) - bisect.bisect_left(self.arrivals, now - seconds)
+
+    def arrival_rate(self, now: float, window_s: float) -> float:
+        """Requests/s arrived over the last ``window_s``, or since the worker last became busy where that is
+        shorter (but over ``MIN_SPAN_S`` at least)."""
+        span = max(self.MIN_SPAN_S, min(window_s, now - self.busy_since))
+        return self._since(now, span) / span
+
+    def keeps_up(self, now: float) -> bool:
+        """Whether an overload is over: the worker idles, or requests arrive no faster than its capacity."""
+        if not self.in_flight and now - self.idle_since > self.IDLE_S:
+            return True
+        return (self.capacity is not None and self._since(now, self.RECENT_S) / self.RECENT_S <= self.capacity
+                and self.arrival_rate(now, self.WINDOW_S) <= self.capacity)
+
+    def surge(self, now: float) -> bool:
+        """Whether requests arrive faster than ``SURGE_RATIO`` times the capacity (False while it is unknown)."""
+        return self.capacity is not None and self.arrival_rate(now, self.SURGE_WINDOW_S) > self.SURGE_RATIO * self.capacity
+
+    def set_overloaded(self, overloaded: bool, shed: bool = True) -> None:
+        """Enter or leave the overload; entering with ``shed``, the batching queue's latency budget drops to the
+        admission budget."""
+        self.overloaded = overloaded
+        budget = self.budget() if overloaded and shed else 0.0
+        for queue, own in self.queues.items():
+            queue.max_latency = min(own, budget) if budget else own
+
     def refusal(self, now: float) -> str | None:
         """Why one more request, arriving ``now``, is refused, or None: it is admitted."""
         self.arrivals.append(now)
-        arrived, answered = self._recent(self.arrivals, now), self._recent(self.answers, now)
-        if self.overloaded:  # until the worker answers nearly as many as arrive: a transient queue ends at once
-            idle = not self.in_flight and now - self.idle_since > self.IDLE_S
-            self.overloaded = arrived > self.OVERLOAD_RATIO * answered and not idle
-        if self.limit and self.in_flight >= self.limit:
-            self.overloaded = True
+        self.arrived_total += 1
+        if not self.in_flight:
+            gap = now - self.idle_since
+            self.gaps.append((now, gap))
+            self.gaps_s += gap
+            if gap >= self.IDLE_GAP_S:
+                self.busy_since = now
+        self._recent(self.arrivals, now)
+        if not self.limit:
+            return None
+        if self.overloaded:
+            if self.keeps_up(now):
+                self.set_overloaded(False)
+        elif self.in_flight >= self.deep and self.surge(now):
+            self.set_overloaded(True)
+        if self.in_flight >= self.limit:
+            if not self.overloaded:
+                self.set_overloaded(True, shed=False)  # what is held stays: no surge says it is stale
             return (f"the server holds {self.in_flight} requests, its limit (COMPRESSOR_MAX_IN_FLIGHT): retry after "
                     "the Retry-After seconds")
         if self.overloaded and self.in_flight and self.per_request_s is not None and (budget := self.budget()):
@@ -112,9 +194,22 @@ class AdmissionMiddleware:
                         "retry after the Retry-After seconds")
         return None
 
-    def observe(self, seconds: float, held: int) -> None:
+    def answered(self, now: float) -> None:
+        """A request was answered 200 at ``now``: counted, and the capacity learned from a busy window."""
+        self.answers.append(now)
+        while self.gaps and self.gaps[0][0] < now - self.WINDOW_S:
+            self.gaps_s -= self.gaps.popleft()[1]
+        if now - self.busy_since >= self.WINDOW_S and self.gaps_s <= self.BUSY_IDLE * self.WINDOW_S:
+            sample = self._recent(self.answers, now) / self.WINDOW_S
+            if self.capacity is not None:
+                sample = max(sample, self.capacity * math.exp((self.capacity_at - now) / self.CAPACITY_MEMORY_S))
+            self.capacity, self.capacity_at = sample, now
+
+    def observe(self, seconds: float, held: int, alone: bool = False) -> None:
+        """A request answered 200 after ``seconds`` found ``held`` requests held on arrival (itself included);
+        ``alone``: none arrived before it was answered either."""
         self.per_request_s = self._smoothed(self.per_request_s, seconds / held)
-        if held == 1:
+        if alone:
             self.alone_s = self._smoothed(self.alone_s, seconds)
 
     def _smoothed(self, average: float | None, sample: float) -> float:
@@ -129,18 +224,19 @@ class AdmissionMiddleware:
             await self._refuse(send, "overload", why)
             return
         self.in_flight += 1
-        held = {"status": 0, "in_flight": True, "on_arrival": self.in_flight}
+        held = {"status": 0, "in_flight": True, "on_arrival": self.in_flight, "arrived_total": self.arrived_total}
 
         def release() -> None:
             if held["in_flight"]:
                 held["in_flight"] = False
                 self.in_flight -= 1
                 now = time.perf_counter()
-                self.answers.append(now)
+                if held["status"] == 200:
+                    self.answered(now)
+                    self.observe(now - start, held["on_arrival"],
+                                 alone=held["on_arrival"] == 1 and self.arrived_total == held["arrived_total"])
                 if not self.in_flight:
                     self.idle_since = now
-                if held["status"] == 200:
-                    self.observe(now - start, held["on_arrival"])
 
         async def send_timed(message) -> None:
             if message["type"] == "http.response.start":

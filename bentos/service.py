@@ -372,8 +372,20 @@ class NoCorkOptimizer(Optimizer):
         self.wait = 0
 
 
+def shed():
+    """What BentoML's batching dispatcher answers for a queued request it drops because it waited past its
+    latency budget (under overload, ``COMPRESSOR_QUEUE_BUDGET_MS``: ``bentos/admission.py``): the contract's 503,
+    returned as the request's response (raising would have BentoML log it as a server error)."""
+    from starlette.responses import JSONResponse
+
+    metrics().refusals.labels("overload").inc()
+    return JSONResponse({"error": "the server is overloaded and this request waited past its latency budget "
+                                  "(COMPRESSOR_QUEUE_BUDGET_MS): retry after the Retry-After seconds"},
+                        status_code=503, headers={"Retry-After": str(SETTINGS.retry_after_s)})
+
+
 class AdmittedService(type(TextClassifier)):
-    """The service whose ASGI app is wrapped, outermost, in the queue bound (``bentos/admission.py``).
+    """The service whose ASGI app is wrapped, outermost, in admission control (``bentos/admission.py``).
 
     BentoML puts a service's own middleware inside its metrics, tracing, access-log and timeout middleware, so a
     request refused there has already paid for all of them: on 2 cores, under open-loop traffic at twice the
@@ -392,9 +404,11 @@ class AdmittedService(type(TextClassifier)):
         timeout_s, factory.timeout = factory.timeout or 0.0, None
         for dispatcher in factory.dispatchers.values():
             dispatcher.optimizer = NoCorkOptimizer(dispatcher.max_latency)
+            dispatcher.fallback = shed
         budget_s = None if SETTINGS.queue_budget_ms is None else SETTINGS.queue_budget_ms / 1e3
         return AdmissionMiddleware(factory(), paths={"/classify"}, limit=SETTINGS.max_in_flight,
-                                   retry_after_s=SETTINGS.retry_after_s, budget_s=budget_s, timeout_s=timeout_s)
+                                   retry_after_s=SETTINGS.retry_after_s, budget_s=budget_s, timeout_s=timeout_s,
+                                   deep=SETTINGS.deep_queue, queues=factory.dispatchers.values())
 
 
 TextClassifier.__class__ = AdmittedService
@@ -403,6 +417,7 @@ TextClassifier.add_asgi_middleware(ContractMiddleware, statuses={"/classify": {
     413: "a body larger than any valid request",
     422: "a text longer than COMPRESSOR_MAX_CHARS characters, texts sent to a pair model, or pairs to a "
          "single-text model",
-    503: "the requests the server holds number COMPRESSOR_MAX_IN_FLIGHT already, or, under sustained overload, "
-         "would keep this one past COMPRESSOR_QUEUE_BUDGET_MS: retry after the Retry-After seconds",
+    503: "the requests the server holds number COMPRESSOR_MAX_IN_FLIGHT already, or, under overload, would keep "
+         "this one past COMPRESSOR_QUEUE_BUDGET_MS, or it waited in the queue past it: retry after the Retry-After "
+         "seconds",
 }}, body_required=["/classify"])

@@ -16,13 +16,14 @@ COMPRESSOR_BATCHING            1           0 turns adaptive batching off (each r
 COMPRESSOR_MAX_BATCH_SIZE      64          most texts in one model call
 COMPRESSOR_MAX_LATENCY_MS      10000       BentoML's batching latency budget
 COMPRESSOR_MAX_IN_FLIGHT       auto        requests one worker holds (queued + in the model) before it refuses
-                                           more with a 503 and ``Retry-After``: the bound on the queue. auto:
-                                           8 per intra-op thread (see below); 0 turns the bound off
-COMPRESSOR_QUEUE_BUDGET_MS     auto        under sustained overload (refusals at the queue bound, requests arriving
-                                           faster than they are answered), a request that the requests already
-                                           held would keep waiting longer than this is refused too (the wait
-                                           estimated from this worker's measured speed, ``bentos/admission.py``).
-                                           auto: three times a lone request's measured time; 0: off
+                                           more at once with a 503 and ``Retry-After``: the bound on the queue.
+                                           auto: 16 times the depth at which the worker reaches its capacity
+                                           (below), about a second of work; 0 turns admission control off
+COMPRESSOR_QUEUE_BUDGET_MS     auto        under overload (requests arriving faster than the worker's measured
+                                           capacity), a request that the requests already held would keep
+                                           waiting longer than this is refused, and a queued one that has waited
+                                           longer is answered 503 (``bentos/admission.py``). auto: twice the
+                                           measured time of a request that had the worker to itself; 0: off
 COMPRESSOR_RETRY_AFTER_S       1           the ``Retry-After`` a refused request is told
 COMPRESSOR_DRAIN_S             2           on SIGTERM: seconds /readyz answers 503 while requests are still
                                            accepted (a load balancer's time to stop routing here), before the
@@ -40,18 +41,18 @@ cores with batching on: one worker with 2 threads served 1.2x the requests/s of 
 clients). The cores counted (``ernie_common.env.usable_cpus``) honour the process's CPU affinity and a cgroup
 CPU quota (a container's ``--cpus``).
 
-The queue bound keeps the latency of what is accepted near its latency at capacity when more arrives than the
-worker can answer: a request waits behind at most ``MAX_IN_FLIGHT`` others, and the excess is refused at once
-instead of waiting seconds (Little's law: latency = what is held / throughput). The default is about the
-concurrency at which a worker reaches its capacity (measured on 2 cores: 16 closed-loop clients, one worker
-with 2 threads), so traffic up to the capacity is never refused; it scales with the worker's threads, which
-is what its throughput scales with.
+Admission control (``bentos/admission.py``) tells an overload from a deep queue by rate, not depth. A worker
+near its capacity holds a deep queue and answers it in large batches; nothing of that may be refused. Once its
+queue is as deep as where it reaches its capacity (8 requests per intra-op thread, at least 16: the clients
+of the closed-loop measurement that defines the capacity never make it judge itself overloaded), a worker
+compares the rate requests arrive at with the capacity it measured (the most it answered over a busy second):
+over 1.3 times that is an overload, and the latency budget applies until arrivals fall back to the capacity.
+``COMPRESSOR_MAX_IN_FLIGHT`` bounds the count beyond that, the safety net for an overload the rate test misses.
 
-The latency budget (``COMPRESSOR_QUEUE_BUDGET_MS``) takes over from the count once the worker is overloaded,
-and keeps what it accepts near its unloaded latency. Measured on one core (the load generator on the other,
-open-loop traffic, 30 s per run, defaults): at twice the capacity the accepted requests' p99 was 2.9x the
-unloaded p99 with steady arrivals and 3.6x with random ones, against 6.0x and 5.5x with the count bound alone;
-at 0.8x the capacity nothing was refused with steady arrivals (README: the tables).
+Measured on 2 cores (AMD EPYC, an ERNIE-Tiny-shaped export, open-loop traffic from a separate process, 30 s
+per run): at 0.8x the closed-loop capacity nothing was refused, with steady and with random arrivals, though
+the worker then held tens of requests (p99 ~230 ms with the load generator on the same cores); at 2x the
+accepted requests' p99 was 1.7x and 2.2x the unloaded p99 (README: the tables).
 """
 from __future__ import annotations
 
@@ -67,7 +68,9 @@ from ernie_common.errors import UserError
 PREFIX = "COMPRESSOR_"
 GPU_BACKENDS = ("tensorrt", "cuda-graphs")  # runtime back ends that only run on a GPU
 CORES_PER_WORKER = 4  # default CPU cores per server process (see the module docstring)
-IN_FLIGHT_PER_THREAD = 8  # default queue bound per intra-op thread (see the module docstring)
+DEEP_PER_THREAD = 8  # the queue at which a worker reaches its capacity, per intra-op thread (module docstring)
+DEEP_AT_LEAST = 16  # ... and at least this: the clients of a closed-loop capacity measurement
+HELD_PER_DEEP = 16  # the default bound on what a worker holds, in multiples of that depth
 
 
 class ServiceConfigError(UserError):
@@ -126,15 +129,23 @@ class Settings(BaseSettings):
         # a GPU serves best from one process that batches; on CPUs a process per CORES_PER_WORKER cores
         workers = read.workers or (1 if gpu else max(1, cpus // CORES_PER_WORKER))
         threads = read.threads or max(1, cpus // workers)
-        in_flight = IN_FLIGHT_PER_THREAD * threads if read.max_in_flight is None else read.max_in_flight
+        deep = max(DEEP_AT_LEAST, DEEP_PER_THREAD * threads)
+        in_flight = HELD_PER_DEEP * deep if read.max_in_flight is None else read.max_in_flight
         return read.model_copy(update={"workers": workers, "threads": threads, "max_in_flight": in_flight})
+
+    @property
+    def deep_queue(self) -> int:
+        """Requests held at which a worker reaches its capacity: from there on, the rate they arrive at tells
+        whether it is overloaded (``bentos/admission.py``); never more than ``max_in_flight``."""
+        deep = max(DEEP_AT_LEAST, DEEP_PER_THREAD * (self.threads or 1))
+        return min(deep, self.max_in_flight) if self.max_in_flight else deep
 
     def public(self) -> dict:
         """What /model_info reports."""
         return {"batching": {"enabled": self.batching, "max_batch_size": self.max_batch_size,
                              "max_latency_ms": self.max_latency_ms, "max_items_per_request": self.max_items,
                              "max_chars_per_text": self.max_chars},
-                "admission": {"max_in_flight_per_worker": self.max_in_flight,
+                "admission": {"max_in_flight_per_worker": self.max_in_flight, "deep_queue": self.deep_queue,
                               "queue_budget_ms": "auto" if self.queue_budget_ms is None else self.queue_budget_ms,
                               "retry_after_s": self.retry_after_s},
                 "workers": self.workers, "threads_per_worker": self.threads}

@@ -58,9 +58,10 @@ def test_the_service_counts_what_it_refuses_and_times_what_it_answers(tiny_serve
 
 @pytest.fixture(scope="module")
 def bounded_server(tiny_dir, tmp_path_factory):
-    """One worker that holds at most one request: the second of two at once is refused."""
+    """One worker that holds at most one request: the second of two at once is refused (the count bound alone:
+    no latency budget)."""
     env = {"COMPRESSOR_WORKERS": "1", "COMPRESSOR_THREADS": "1", "COMPRESSOR_MAX_IN_FLIGHT": "1",
-           "COMPRESSOR_RETRY_AFTER_S": "3"}
+           "COMPRESSOR_QUEUE_BUDGET_MS": "0", "COMPRESSOR_RETRY_AFTER_S": "3"}
     with bento_server(tiny_dir, env=env, log_dir=tmp_path_factory.mktemp("bounded")) as server:
         yield server
 
