@@ -374,13 +374,15 @@ class NoCorkOptimizer(Optimizer):
 
 def shed():
     """What BentoML's batching dispatcher answers for a queued request it drops because it waited past its
-    latency budget (under overload, ``COMPRESSOR_QUEUE_BUDGET_MS``: ``bentos/admission.py``): the contract's 503,
-    returned as the request's response (raising would have BentoML log it as a server error)."""
+    latency budget (under overload ``COMPRESSOR_QUEUE_BUDGET_MS``, see ``bentos/admission.py``; else
+    ``COMPRESSOR_MAX_LATENCY_MS``): the contract's 503, returned as the request's response (raised, BentoML would
+    log it as a server error and replace its message)."""
     from starlette.responses import JSONResponse
 
     metrics().refusals.labels("overload").inc()
-    return JSONResponse({"error": "the server is overloaded and this request waited past its latency budget "
-                                  "(COMPRESSOR_QUEUE_BUDGET_MS): retry after the Retry-After seconds"},
+    return JSONResponse({"error": "the server is overloaded: this request waited in its queue past the latency "
+                                  "budget (COMPRESSOR_QUEUE_BUDGET_MS under overload, else COMPRESSOR_MAX_LATENCY_MS): "
+                                  "retry after the Retry-After seconds"},
                         status_code=503, headers={"Retry-After": str(SETTINGS.retry_after_s)})
 
 
