@@ -73,6 +73,11 @@ DEEP_AT_LEAST = 16  # ... and at least this: the clients of a closed-loop capaci
 HELD_PER_DEEP = 16  # the default bound on what a worker holds, in multiples of that depth
 
 
+def capacity_depth(threads: int) -> int:
+    """Requests held at which a worker with ``threads`` intra-op threads reaches its capacity."""
+    return max(DEEP_AT_LEAST, DEEP_PER_THREAD * threads)
+
+
 class ServiceConfigError(UserError):
     """The serving environment is misconfigured; the message names the variable to fix."""
 
@@ -129,15 +134,14 @@ class Settings(BaseSettings):
         # a GPU serves best from one process that batches; on CPUs a process per CORES_PER_WORKER cores
         workers = read.workers or (1 if gpu else max(1, cpus // CORES_PER_WORKER))
         threads = read.threads or max(1, cpus // workers)
-        deep = max(DEEP_AT_LEAST, DEEP_PER_THREAD * threads)
-        in_flight = HELD_PER_DEEP * deep if read.max_in_flight is None else read.max_in_flight
+        in_flight = HELD_PER_DEEP * capacity_depth(threads) if read.max_in_flight is None else read.max_in_flight
         return read.model_copy(update={"workers": workers, "threads": threads, "max_in_flight": in_flight})
 
     @property
     def deep_queue(self) -> int:
         """Requests held at which a worker reaches its capacity: from there on, the rate they arrive at tells
         whether it is overloaded (``bentos/admission.py``); never more than ``max_in_flight``."""
-        deep = max(DEEP_AT_LEAST, DEEP_PER_THREAD * (self.threads or 1))
+        deep = capacity_depth(self.threads or 1)
         return min(deep, self.max_in_flight) if self.max_in_flight else deep
 
     def public(self) -> dict:
