@@ -373,7 +373,7 @@ def open_table(rows: list[OpenResult], unloaded_p99_ms: float) -> str:
     for r in rows:
         lines.append(f"| {r.shape} | {r.load:g}x | {r.offered_per_s:.0f} | {r.sent} | {r.ok} | {r.refused} | "
                      f"{r.unanswered} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.p99_ms / unloaded_p99_ms:.2f} | "
-                     f"{r.refused_p99_ms:.1f} | {r.lag_p99_ms:.1f} |")
+                     f"{'-' if r.refused == 0 else f'{r.refused_p99_ms:.1f}'} | {r.lag_p99_ms:.1f} |")
     return "\n".join(lines)
 
 

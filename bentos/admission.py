@@ -10,8 +10,14 @@ rate can. So the worker measures its **capacity** (requests/s: the most it answe
 busy throughout, ``WINDOW_S``; a window counts as busy while it waited for requests a tenth of it at most) and,
 once its queue is as deep as where it reaches that capacity (``deep``: ``COMPRESSOR_MAX_IN_FLIGHT``'s automatic
 setting is derived from it), compares the rate requests arrive at with it: over the last quarter second
-(``SURGE_WINDOW_S``), or since the worker last became busy where that is shorter (a surge from idle shows in
-its first tenth of a second, ``MIN_SPAN_S``), more than ``SURGE_RATIO`` times the capacity is **overload**.
+(``SURGE_WINDOW_S``), or since the worker last became busy where that is shorter (but a tenth of a second at
+least, ``MIN_SPAN_S``), more than ``SURGE_RATIO`` times the capacity is **overload**. A surge from idle is told
+sooner: a queue that became deep within ``MIN_SPAN_S`` of the worker's last idle moment, its requests arriving
+faster than ``ONSET_RATIO`` times the capacity, is an overload at once (at three times the capacity, some 20 ms
+in). Until the queue is that deep the worker cannot tell such a surge from a short cluster of random
+arrivals, so what it commits to the model meanwhile is kept small: while requests queue that fast, a model call
+takes at most ``ONSET_BATCH`` items (BentoML's ``max_batch_size``, restored after). The rest waits in the queue,
+where the budget below can still shed it; committed to one large batch, it would all be answered late.
 
 While overloaded, a request that the requests already held would keep past the **latency budget**
 (``COMPRESSOR_QUEUE_BUDGET_MS``; automatic: twice the measured time of a request that had the worker to
@@ -85,11 +91,18 @@ class AdmissionMiddleware:
     """The shortest span an arrival rate is measured over (from the start of a busy period)."""
     SURGE_RATIO = 1.3
     """Overloaded when, the queue deep, requests arrive faster than this many times the capacity."""
+    ONSET_RATIO = 2.0
+    """Within its first ``MIN_SPAN_S``, a busy period whose requests came faster than this many times the
+    capacity (the queue deep) is a surge from idle, recognised as soon as the queue is deep rather than once
+    ``MIN_SPAN_S`` has passed; the higher ratio keeps random traffic's short clusters out."""
     RECENT_S = 0.1
     """The overload ends when requests arrive no faster than the capacity over this many seconds (and over
     ``WINDOW_S``)."""
     IDLE_S = 0.1
     """A worker that has held nothing for this long is not overloaded."""
+    ONSET_BATCH = 2
+    """The most items a model call takes during a :meth:`fast_onset` while the queue is not yet deep enough to
+    call it an overload."""
 
     def __init__(self, app, paths: Collection[str], limit: int, retry_after_s: int, budget_s: float | None = None,
                  timeout_s: float = 0.0, deep: int | None = None, queues: Collection = ()):
@@ -102,9 +115,12 @@ class AdmissionMiddleware:
         with the capacity."""
         self.budget_s = budget_s  # None: automatic; 0: no latency budget
         self.retry_after = str(retry_after_s).encode()
-        self.queues = {queue: queue.max_latency for queue in queues}
-        """BentoML's batching dispatchers, each with its own ``max_latency``: lowered to the budget while
-        overloaded, so a queued request that has waited past it is answered 503 rather than late."""
+        self.queues = {queue: (queue.max_latency, queue.max_batch_size) for queue in queues}
+        """BentoML's batching dispatchers, each with its own ``max_latency`` and ``max_batch_size``: the latency
+        lowered to the budget while overloaded, so a queued request that has waited past it is answered 503
+        rather than late; the batch held to ``ONSET_BATCH`` during a fast onset."""
+        self.onset = False
+        """The batches are held to ``ONSET_BATCH``."""
         self.in_flight = 0
         self.overloaded = False
         """Requests arrive faster than the worker can answer them: the latency budget applies."""
@@ -151,17 +167,33 @@ class AdmissionMiddleware:
         return (self.capacity is not None and self._since(now, self.RECENT_S) / self.RECENT_S <= self.capacity
                 and self.arrival_rate(now, self.WINDOW_S) <= self.capacity)
 
+    def fast_onset(self, now: float) -> bool:
+        """Whether the worker became busy less than ``MIN_SPAN_S`` ago and requests have arrived since faster
+        than ``ONSET_RATIO`` times its capacity (False while it is unknown)."""
+        busy = now - self.busy_since
+        return (self.capacity is not None and busy < self.MIN_SPAN_S
+                and self._since(now, busy) > self.ONSET_RATIO * self.capacity * busy)
+
     def surge(self, now: float) -> bool:
-        """Whether requests arrive faster than ``SURGE_RATIO`` times the capacity (False while it is unknown)."""
-        return self.capacity is not None and self.arrival_rate(now, self.SURGE_WINDOW_S) > self.SURGE_RATIO * self.capacity
+        """Whether requests arrive faster than ``SURGE_RATIO`` times the capacity, or as fast as a
+        :meth:`fast_onset` (False while the capacity is unknown)."""
+        return self.capacity is not None and (self.fast_onset(now) or self.arrival_rate(now, self.SURGE_WINDOW_S)
+                                              > self.SURGE_RATIO * self.capacity)
 
     def set_overloaded(self, overloaded: bool, shed: bool = True) -> None:
         """Enter or leave the overload; entering with ``shed``, the batching queue's latency budget drops to the
         admission budget."""
         self.overloaded = overloaded
         budget = self.budget() if overloaded and shed else 0.0
-        for queue, own in self.queues.items():
+        for queue, (own, _) in self.queues.items():
             queue.max_latency = min(own, budget) if budget else own
+
+    def set_onset(self, onset: bool) -> None:
+        """Hold the batches to ``ONSET_BATCH`` or let them be as large as configured again."""
+        if onset != self.onset:
+            self.onset = onset
+            for queue, (_, own) in self.queues.items():
+                queue.max_batch_size = min(own, self.ONSET_BATCH) if onset else own
 
     def refusal(self, now: float) -> str | None:
         """Why one more request, arriving ``now``, is refused, or None: it is admitted."""
@@ -176,6 +208,7 @@ class AdmissionMiddleware:
         self._recent(self.arrivals, now)
         if not self.limit:
             return None
+        self.set_onset(self.in_flight > 0 and self.fast_onset(now))  # a lone request is not split
         if self.overloaded:
             if self.keeps_up(now):
                 self.set_overloaded(False)
@@ -237,6 +270,8 @@ class AdmissionMiddleware:
                                  alone=held["on_arrival"] == 1 and self.arrived_total == held["arrived_total"])
                 if not self.in_flight:
                     self.idle_since = now
+                if self.onset and now - self.busy_since >= self.MIN_SPAN_S:
+                    self.set_onset(False)
 
         async def send_timed(message) -> None:
             if message["type"] == "http.response.start":

@@ -243,10 +243,11 @@ def test_the_queue_bound_refuses_the_excess_at_once_with_retry_after():
 
 
 class _Queue:
-    """Stands in for BentoML's batching dispatcher: the one attribute admission control sets."""
+    """Stands in for BentoML's batching dispatcher: the two attributes admission control sets."""
 
-    def __init__(self, max_latency: float):
+    def __init__(self, max_latency: float, max_batch_size: int = 64):
         self.max_latency = max_latency
+        self.max_batch_size = max_batch_size
 
 
 def _busy_second(bounded, start: float, rate: float, held: int, seconds: float = 1.5) -> float:
@@ -293,21 +294,61 @@ def test_a_deep_queue_at_the_capacity_is_admitted_and_a_surge_past_it_is_held_to
     assert not bounded.overloaded and queue.max_latency == 10.0
 
 
-def test_a_surge_from_idle_is_recognised_within_a_tenth_of_a_second():
-    """A worker idle for a second, then requests at 3x its capacity: overloaded before 0.1 s of them."""
+def _from_idle(bounded, rate: float, n: int, idle_s: float = 1.0) -> float | None:
+    """After ``idle_s`` of nothing, ``n`` requests arrive at ``rate``/s and none is answered yet; the seconds
+    from the first to the one at which the worker calls it an overload, or None."""
+    bounded.in_flight, bounded.idle_since = 0, bounded.arrivals[-1]
+    start = bounded.idle_since + idle_s
+    for i in range(n):
+        now = start + i / rate
+        bounded.in_flight = i
+        bounded.refusal(now)
+        if bounded.overloaded:
+            return now - start
+    return None
+
+
+def test_a_surge_from_idle_is_recognised_as_soon_as_the_queue_is_deep():
+    """A worker idle for a second, then requests at 3x its capacity: overloaded at the arrival that finds the
+    queue deep (16 held), 27 ms in, not after a tenth of a second of them; the same count arriving at the
+    capacity's pace from idle is not an overload."""
     from bentos.admission import AdmissionMiddleware
 
     bounded = AdmissionMiddleware(None, paths={"/classify"}, limit=256, retry_after_s=1, budget_s=0.02, deep=16)
+    _busy_second(bounded, 100.0, rate=200, held=4)
+    assert _from_idle(bounded, rate=200, n=40) is None
+    assert _from_idle(bounded, rate=600, n=60) == pytest.approx(16 / 600)
+
+
+def test_a_fast_onset_gets_small_batches_until_it_is_told_from_random_traffic():
+    """From idle, requests queueing faster than twice the capacity get model calls of at most ``ONSET_BATCH``
+    items until the queue is deep enough to call it an overload: what a surge commits to the model before it
+    is recognised stays small (the rest waits where the budget can shed it). A lone request is not split,
+    traffic at 0.8x the capacity is never held to small batches, and past ``MIN_SPAN_S`` the configured size
+    is back."""
+    from bentos.admission import AdmissionMiddleware
+
+    queue = _Queue(10.0, max_batch_size=64)
+    bounded = AdmissionMiddleware(None, paths={"/classify"}, limit=256, retry_after_s=1, budget_s=0.02, deep=16,
+                                  queues=[queue])
     t = _busy_second(bounded, 100.0, rate=200, held=4)
-    bounded.in_flight, bounded.idle_since = 0, t
-    start = t + 1.0
-    arrivals = [start + i / 600 for i in range(60)]
-    for i, now in enumerate(arrivals):
-        bounded.in_flight = min(i, 40)
-        bounded.refusal(now)
-        if bounded.overloaded:
-            break
-    assert bounded.overloaded and now - start < 0.1
+
+    def from_idle(start: float, rate: float, n: int) -> list[int]:
+        bounded.in_flight, bounded.idle_since = 0, bounded.arrivals[-1]
+        sizes = []
+        for i in range(n):
+            bounded.in_flight = i
+            bounded.refusal(start + i / rate)
+            sizes.append(queue.max_batch_size)
+        return sizes
+
+    assert from_idle(t + 1.0, rate=160, n=30) == [64] * 30
+    onset = AdmissionMiddleware.ONSET_BATCH
+    assert from_idle(t + 2.0, rate=600, n=17) == [64] + [onset] * 16
+    assert bounded.overloaded
+    bounded.in_flight = 1
+    bounded.refusal(t + 2.0 + AdmissionMiddleware.MIN_SPAN_S)
+    assert queue.max_batch_size == 64
 
 
 def test_without_a_measured_capacity_only_the_count_bound_refuses():
