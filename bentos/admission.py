@@ -175,10 +175,8 @@ class AdmissionMiddleware:
                 and self._since(now, busy) > self.ONSET_RATIO * self.capacity * busy)
 
     def surge(self, now: float) -> bool:
-        """Whether requests arrive faster than ``SURGE_RATIO`` times the capacity, or as fast as a
-        :meth:`fast_onset` (False while the capacity is unknown)."""
-        return self.capacity is not None and (self.fast_onset(now) or self.arrival_rate(now, self.SURGE_WINDOW_S)
-                                              > self.SURGE_RATIO * self.capacity)
+        """Whether requests arrive faster than ``SURGE_RATIO`` times the capacity (False while it is unknown)."""
+        return self.capacity is not None and self.arrival_rate(now, self.SURGE_WINDOW_S) > self.SURGE_RATIO * self.capacity
 
     def set_overloaded(self, overloaded: bool, shed: bool = True) -> None:
         """Enter or leave the overload; entering with ``shed``, the batching queue's latency budget drops to the
@@ -208,11 +206,12 @@ class AdmissionMiddleware:
         self._recent(self.arrivals, now)
         if not self.limit:
             return None
-        self.set_onset(self.in_flight > 0 and self.fast_onset(now))  # a lone request is not split
+        fast_onset = self.fast_onset(now)
+        self.set_onset(self.in_flight > 0 and fast_onset)  # a lone request is not split
         if self.overloaded:
             if self.keeps_up(now):
                 self.set_overloaded(False)
-        elif self.in_flight >= self.deep and self.surge(now):
+        elif self.in_flight >= self.deep and (fast_onset or self.surge(now)):
             self.set_overloaded(True)
         if self.in_flight >= self.limit:
             if not self.overloaded:

@@ -47,12 +47,9 @@ queue is as deep as where it reaches its capacity (8 requests per intra-op threa
 of the closed-loop measurement that defines the capacity never make it judge itself overloaded), a worker
 compares the rate requests arrive at with the capacity it measured (the most it answered over a busy second):
 over 1.3 times that is an overload, and the latency budget applies until arrivals fall back to the capacity.
+A surge from idle is an overload as soon as the queue is that deep (see ``bentos/admission.py``).
 ``COMPRESSOR_MAX_IN_FLIGHT`` bounds the count beyond that, the safety net for an overload the rate test misses.
-
-Measured on 2 cores (AMD EPYC, an ERNIE-Tiny-shaped export, open-loop traffic from a separate process, 30 s
-per run): at 0.8x the closed-loop capacity nothing was refused, with steady and with random arrivals, though
-the worker then held tens of requests (p99 ~230 ms with the load generator on the same cores); at 2x the
-accepted requests' p99 was 1.7x and 2.2x the unloaded p99 (README: the tables).
+What this gives under steady, random, bursty and ramping overload is measured in the README's tables.
 """
 from __future__ import annotations
 
