@@ -229,10 +229,11 @@ class AdmissionMiddleware:
     def answered(self, now: float) -> None:
         """A request was answered 200 at ``now``: counted, and the capacity learned from a busy window."""
         self.answers.append(now)
+        answered = self._recent(self.answers, now)  # trimmed at every answer, busy or not
         while self.gaps and self.gaps[0][0] < now - self.WINDOW_S:
             self.gaps_s -= self.gaps.popleft()[1]
         if now - self.busy_since >= self.WINDOW_S and self.gaps_s <= self.BUSY_IDLE * self.WINDOW_S:
-            sample = self._recent(self.answers, now) / self.WINDOW_S
+            sample = answered / self.WINDOW_S
             if self.capacity is not None:
                 sample = max(sample, self.capacity * math.exp((self.capacity_at - now) / self.CAPACITY_MEMORY_S))
             self.capacity, self.capacity_at = sample, now

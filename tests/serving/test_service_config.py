@@ -351,6 +351,25 @@ def test_a_fast_onset_gets_small_batches_until_it_is_told_from_random_traffic():
     assert queue.max_batch_size == 64
 
 
+def test_a_worker_that_is_never_busy_keeps_only_a_seconds_history():
+    """Light traffic (one request every 50 ms, each answered in 2 ms) never makes a busy second, so no capacity is
+    learned; what the worker remembers of arrivals, answers and idle spells stays the last second's, however long
+    it serves."""
+    from bentos.admission import AdmissionMiddleware
+
+    bounded = AdmissionMiddleware(None, paths={"/classify"}, limit=256, retry_after_s=1, deep=16)
+    t = 100.0
+    for _ in range(2000):  # 100 s
+        assert bounded.refusal(t) is None
+        bounded.in_flight = 1
+        bounded.answered(t + 0.002)
+        bounded.in_flight, bounded.idle_since = 0, t + 0.002
+        t += 0.05
+    assert bounded.capacity is None
+    per_second = round(bounded.WINDOW_S / 0.05)
+    assert max(len(bounded.arrivals), len(bounded.answers), len(bounded.gaps)) <= per_second + 1
+
+
 def test_without_a_measured_capacity_only_the_count_bound_refuses():
     """A worker that has not yet been busy for a whole second refuses only at ``COMPRESSOR_MAX_IN_FLIGHT``
     (and then holds arrivals to the budget, leaving what it holds queued: nothing says it is stale)."""
